@@ -1,0 +1,370 @@
+"""The GPU worker: the one thread that touches CUDA. It runs jobs in order and keeps models resident.
+
+UI threads talk to it only through ``submit``, ``cancel``, ``release_vram``, ``status`` and the ``Job``
+objects it hands back; control messages (release, preload) run between jobs, before queued jobs.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import contextlib
+import dataclasses
+import logging
+import platform
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from .jobs import Job, JobCancelled, JobState, RequestError, StepClock
+from .loading import LoadedModel, load_video_pipeline
+from .manager import ModelManager
+from .memory import PeakTracker, free_memory, gib, is_out_of_memory, read_memory
+from .registry import DEFAULT_MODEL, ModelSpec, get_spec
+from .settings import Settings
+
+logger = logging.getLogger(__name__)
+
+TaskHandler = Callable[[Job, "TaskContext"], Any]
+_FINISHED_KEPT = 200
+
+
+def default_handlers() -> dict[str, TaskHandler]:
+    from .t2v import run_t2v
+
+    return {"t2v": run_t2v}
+
+
+class TaskContext:
+    """What a task sees of the worker while it runs one job: models, device, stages, steps, cancel."""
+
+    def __init__(self, worker: GPUWorker, job: Job):
+        self.worker = worker
+        self.job = job
+        self.settings = worker.settings
+        self.device = worker.device
+        self.dtype = worker.dtype
+        self.timings: dict[str, float] = {}
+        self.peak = PeakTracker(self.device)
+
+    def model(self, spec: ModelSpec) -> tuple[LoadedModel, bool]:
+        with self.stage("load"):
+            return self.worker.models.get(spec)
+
+    @contextlib.contextmanager
+    def stage(self, name: str):
+        self.job.update(progress=dataclasses.replace(self.job.progress, stage=name))
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - started
+            self.peak.sample()
+
+    def start_steps(self, total: int, clip: int = 1, clips: int = 1) -> StepClock:
+        self.job.update(progress=dataclasses.replace(self.job.progress, step=0, total=total, clip=clip, clips=clips))
+        return StepClock(total)
+
+    def step(self, clock: StepClock, preview: Any = None) -> None:
+        rate, eta = clock.tick()
+        changes: dict[str, Any] = {
+            "progress": dataclasses.replace(self.job.progress, step=clock.done, it_per_s=rate, eta_s=eta)
+        }
+        if preview is not None:
+            changes["preview"] = preview
+        self.job.update(**changes)
+        self.peak.sample()
+
+    def check_cancel(self) -> None:
+        if self.job.cancelled:
+            raise JobCancelled()
+
+    def note(self, text: str) -> None:
+        logger.info("Job %s: %s", self.job.id, text)
+        self.job.update(notes=[*self.job.notes, text])
+
+    def environment(self) -> dict:
+        """Device, dtype and library versions, for the sidecar."""
+        return {**self.worker.environment, "offload": self.settings.offload, "vae_tiling": self.settings.vae_tiling}
+
+
+class GPUWorker:
+    def __init__(self, settings: Settings, handlers: dict[str, TaskHandler] | None = None):
+        self.settings = settings
+        self.handlers = handlers if handlers is not None else default_handlers()
+        self.device = "cpu"
+        self.dtype = "fp32"
+        self.device_name = "CPU"
+        self.environment: dict = {}
+        self.models: ModelManager | None = None
+        self._lock = threading.Condition()
+        self._pending: collections.deque[Job] = collections.deque()
+        self._controls: collections.deque[tuple[str, Any, concurrent.futures.Future]] = collections.deque()
+        self._jobs: collections.OrderedDict[str, Job] = collections.OrderedDict()
+        self._current: Job | None = None
+        self._stopping = False
+        self._ready = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._status: dict = {"device": "starting", "resident": []}
+        self.cuda_init_seconds: float | None = None
+
+    # --- called from any thread -------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="gpu-worker", daemon=True)
+            self._thread.start()
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        return self._ready.wait(timeout)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Cancel what runs and what waits, then end the thread."""
+        with self._lock:
+            self._stopping = True
+            for job in self._pending:
+                job.cancel_event.set()
+                job.update(state=JobState.CANCELLED, finished=time.time(), error="The app is shutting down.")
+            self._pending.clear()
+            if self._current is not None:
+                self._current.cancel_event.set()
+            self._lock.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def submit(self, task: str, request: Any, owner: str = "") -> Job:
+        if task not in self.handlers:
+            raise RequestError(f"No task {task!r} in this app; it has {', '.join(self.handlers)}.", key="unknown_task")
+        job = Job(task=task, request=request, owner=owner)
+        with self._lock:
+            if self._stopping:
+                raise RequestError("The app is restarting; try again in a moment.", key="restarting")
+            self._pending.append(job)
+            self._jobs[job.id] = job
+            self._trim_finished()
+            self._lock.notify_all()
+        logger.info("Job %s queued (%s), %d in queue", job.id, task, len(self._pending))
+        return job
+
+    def cancel(self, job_id: str) -> bool:
+        """Cancel a queued job at once, or a running one at its next step. False if unknown or finished."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None or job.state.finished:
+                return False
+            job.cancel_event.set()
+            if job in self._pending:
+                self._pending.remove(job)
+                job.update(state=JobState.CANCELLED, finished=time.time())
+            self._lock.notify_all()
+        logger.info("Job %s: cancel requested", job_id)
+        return True
+
+    def job(self, job_id: str) -> Job | None:
+        return self._jobs.get(job_id)
+
+    def position(self, job: Job) -> int:
+        """0 while running or finished; 1 for the next job to run, 2 behind it, and so on."""
+        with self._lock:
+            try:
+                return self._pending.index(job) + 1
+            except ValueError:
+                return 0
+
+    def release_vram(self, timeout: float | None = None) -> dict:
+        """Drop every resident model between jobs; returns the measured result once it has happened."""
+        return self._control("release", None).result(timeout)
+
+    def preload(self, tasks: tuple[str, ...]) -> concurrent.futures.Future:
+        return self._control("preload", tasks)
+
+    def status(self) -> dict:
+        """Device, memory, resident models, queue and current job, without touching the device."""
+        with self._lock:
+            current = self._current.snapshot() if self._current else None
+            return {**self._status, "queue": len(self._pending), "current": current}
+
+    def current_job(self) -> Job | None:
+        return self._current
+
+    # --- the worker thread ------------------------------------------------------------------------
+
+    def _control(self, kind: str, payload: Any) -> concurrent.futures.Future:
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        with self._lock:
+            self._controls.append((kind, payload, future))
+            self._lock.notify_all()
+        return future
+
+    def _trim_finished(self) -> None:
+        finished = [job_id for job_id, job in self._jobs.items() if job.state.finished]
+        for job_id in finished[: max(0, len(finished) - _FINISHED_KEPT)]:
+            del self._jobs[job_id]
+
+    def _run(self) -> None:
+        try:
+            self._init_device()
+        except Exception:  # never leave the app without a worker: fall back to the CPU
+            logger.exception("Could not set up the device; using the CPU")
+            self.device, self.dtype, self.device_name = "cpu", "fp32", "CPU"
+        self.models = ModelManager(self._load_model, self.device, self._budget_bytes(), self._estimate_bytes)
+        self._refresh_status()
+        self._ready.set()
+        while True:
+            with self._lock:
+                self._lock.wait_for(lambda: self._stopping or self._controls or self._pending, timeout=2.0)
+                if self._stopping:
+                    break
+                control = self._controls.popleft() if self._controls else None
+                job = self._pending.popleft() if control is None and self._pending else None
+                self._current = job
+            if control is not None:
+                self._handle_control(*control)
+            elif job is not None:
+                self._run_job(job)
+                with self._lock:
+                    self._current = None
+            self._refresh_status()
+        for _, _, future in self._controls:
+            future.cancel()
+
+    def _init_device(self) -> None:
+        import torch
+
+        started = time.perf_counter()
+        wanted = self.settings.device
+        if wanted in ("auto", "cuda") and torch.cuda.is_available():
+            self.device = "cuda:0"
+            torch.cuda.init()
+            torch.zeros(1, device=self.device)
+            self.device_name = torch.cuda.get_device_name(0)
+            self.cuda_init_seconds = time.perf_counter() - started
+        else:
+            if wanted == "cuda":
+                logger.error(
+                    "--device cuda was asked for but torch sees no CUDA GPU (torch %s, CUDA build: %s); using the CPU.",
+                    torch.__version__,
+                    torch.version.cuda or "no",
+                )
+            self.device, self.device_name = "cpu", platform.processor() or "CPU"
+        dtype = self.settings.dtype
+        if dtype == "auto":
+            if self.device.startswith("cuda"):
+                dtype = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+            else:
+                dtype = "fp32"
+        self.dtype = dtype
+        self.environment = _environment(self.device, self.device_name, dtype)
+        logger.info("GPU worker on %s (%s), dtype %s", self.device_name, self.device, dtype)
+
+    def _budget_bytes(self) -> int:
+        if self.settings.gpu_memory_gb:
+            return int(self.settings.gpu_memory_gb * 2**30)
+        reading = read_memory(self.device)
+        return int(reading.total * (0.92 if self.device.startswith("cuda") else 0.7))
+
+    def _estimate_bytes(self, spec: ModelSpec) -> int:
+        return 64 * 2**20 if self.settings.demo else int(spec.vram_gb * 2**30)
+
+    def _load_model(self, spec: ModelSpec) -> LoadedModel:
+        return load_video_pipeline(spec, self.settings, self.device, self.dtype)
+
+    def _handle_control(self, kind: str, payload: Any, future: concurrent.futures.Future) -> None:
+        try:
+            if kind == "release":
+                future.set_result(self.models.release_all())
+            elif kind == "preload":
+                for task in payload:
+                    if task in DEFAULT_MODEL:
+                        self.models.get(get_spec(DEFAULT_MODEL[task]))
+                    else:
+                        logger.warning("Preload: no model for %r in this version; skipped.", task)
+                future.set_result(True)
+            else:
+                raise ValueError(f"unknown control {kind!r}")
+        except Exception as error:
+            logger.error("%s failed: %s", kind, error)
+            future.set_exception(error)
+
+    def _run_job(self, job: Job) -> None:
+        if job.cancelled:
+            job.update(state=JobState.CANCELLED, finished=time.time())
+            return
+        job.update(state=JobState.RUNNING, started=time.time())
+        logger.info("Job %s started (%s)", job.id, job.task)
+        out_of_memory = False
+        try:
+            result = self.handlers[job.task](job, TaskContext(self, job))
+        except JobCancelled:
+            job.update(state=JobState.CANCELLED, finished=time.time())
+            logger.info("Job %s cancelled", job.id)
+        except RequestError as error:
+            job.update(
+                state=JobState.FAILED,
+                finished=time.time(),
+                error=str(error),
+                error_key=error.key,
+                error_params=dict(error.params),
+            )
+            logger.warning("Job %s refused: %s", job.id, error)
+        except Exception as error:  # the worker must go on with the next job, whatever happened
+            out_of_memory = is_out_of_memory(error)
+            if out_of_memory:
+                message = (
+                    "Out of GPU memory. Try fewer frames or a lower resolution, or start the app with "
+                    "--offload model and --vae-tiling; Release VRAM frees models kept from earlier jobs."
+                )
+                key = "oom"
+            else:
+                message, key = f"{type(error).__name__}: {error}", "job_failed"
+            logger.error("Job %s failed: %s\n%s", job.id, message, traceback.format_exc())
+            job.update(state=JobState.FAILED, finished=time.time(), error=message, error_key=key)
+        else:
+            job.update(state=JobState.DONE, finished=time.time(), result=result)
+            logger.info("Job %s done in %.1f s", job.id, job.finished - job.started)
+        finally:
+            if out_of_memory:  # a model half-moved or activations left behind would poison the next job
+                self.models.release_all()
+            free_memory(self.device)
+
+    def _refresh_status(self) -> None:
+        try:
+            reading = read_memory(self.device)
+            memory = {"used_gib": gib(reading.used), "total_gib": gib(reading.total), "process_gib": gib(reading.process)}
+        except Exception as error:  # a status strip must never take the worker down
+            memory = {"error": str(error)}
+        status = {
+            "device": self.device,
+            "device_name": self.device_name,
+            "dtype": self.dtype,
+            "demo": self.settings.demo,
+            "memory": memory,
+            "resident": self.models.resident() if self.models else [],
+        }
+        with self._lock:
+            self._status = status
+
+
+def _environment(device: str, device_name: str, dtype: str) -> dict:
+    import importlib.metadata
+    import sys
+
+    import torch
+
+    versions = {}
+    for package in ("torch", "diffusers", "transformers", "accelerate", "gradio"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    return {
+        "device": device,
+        "device_name": device_name,
+        "dtype": dtype,
+        "cuda": torch.version.cuda,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "versions": versions,
+    }
