@@ -274,7 +274,9 @@ class GPUWorker:
     def _handle_control(self, kind: str, payload: Any, future: concurrent.futures.Future) -> None:
         try:
             if kind == "release":
-                future.set_result(self.models.release_all())
+                report = self.models.release_all()
+                self._refresh_status()  # the page shows the new state as soon as the answer arrives
+                future.set_result(report)
             elif kind == "preload":
                 for task in payload:
                     if task in DEFAULT_MODEL:

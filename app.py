@@ -1,0 +1,189 @@
+"""Cinescribe: start the studio. ``python app.py --help`` lists the flags.
+
+Parses the command line into ``Settings``, starts the GPU worker, builds the page and serves it until
+the page asks for a restart (exit code 42 to the launcher, or a fresh process without one) or Ctrl+C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from pipelines.settings import (
+    ATTENTION_BACKENDS,
+    DEVICES,
+    DTYPES,
+    LAUNCHER_ENV,
+    OFFLOAD_MODES,
+    RESTART_EXIT_CODE,
+    TASKS,
+    Settings,
+)
+
+APP_DIR = Path(__file__).resolve().parent
+logger = logging.getLogger("cinescribe")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="app.py", description="Cinescribe: local video and speech studio.")
+    net = parser.add_argument_group("server")
+    net.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    net.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    net.add_argument("--listen", action="store_true", help="bind 0.0.0.0 so other machines on the network can connect")
+    net.add_argument("--share", action="store_true", help="also open a public gradio.live link (needs internet)")
+    net.add_argument("--auth", help="require a login, user:password (several: user1:pw1,user2:pw2)")
+    net.add_argument("--auth-file", type=Path, help="file of user:password lines")
+    files = parser.add_argument_group("files")
+    files.add_argument("--outputs", type=Path, default=APP_DIR / "outputs", help="where clips and transcripts go")
+    files.add_argument("--data-dir", type=Path, default=APP_DIR / "data", help="logs, demo models, temporary uploads")
+    gpu = parser.add_argument_group("device")
+    gpu.add_argument("--device", choices=DEVICES, default="auto")
+    gpu.add_argument("--dtype", choices=DTYPES, default="auto", help="auto: bf16 on GPUs that have it, else fp16; fp32 on CPU")
+    gpu.add_argument("--attention", choices=ATTENTION_BACKENDS, default="auto",
+                     help="auto: flash-attn when installed, else PyTorch SDPA")
+    gpu.add_argument("--offload", choices=OFFLOAD_MODES, default="none",
+                     help="keep weights in CPU memory and move them to the GPU when needed (less VRAM, slower)")
+    gpu.add_argument("--vae-tiling", action="store_true", help="decode video in tiles (less VRAM at high resolutions)")
+    gpu.add_argument("--gpu-memory", type=float, metavar="GB", help="VRAM budget for resident models")
+    gpu.add_argument("--preload", default="", help=f"load these tasks' default models at start: {','.join(TASKS)}")
+    parser.add_argument("--demo", action="store_true",
+                        help="tiny random models built locally: the whole app runs with no weights and no network")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return parser.parse_args(argv)
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    preload = tuple(task.strip() for task in args.preload.split(",") if task.strip())
+    return Settings(
+        outputs_dir=args.outputs,
+        data_dir=args.data_dir,
+        device=args.device,
+        dtype=args.dtype,
+        attention=args.attention,
+        offload=args.offload,
+        vae_tiling=args.vae_tiling,
+        gpu_memory_gb=args.gpu_memory,
+        preload=preload,
+        demo=args.demo,
+    )
+
+
+def read_auth(auth: str | None, auth_file: Path | None) -> list[tuple[str, str]] | None:
+    """``user:password`` pairs from ``--auth`` and ``--auth-file`` (blank lines and # comments skipped)."""
+    entries: list[str] = []
+    if auth:
+        entries += [part for part in auth.split(",") if part.strip()]
+    if auth_file:
+        if not auth_file.is_file():
+            raise SystemExit(f"--auth-file {auth_file} does not exist.")
+        for line in auth_file.read_text(encoding="utf-8").splitlines():
+            if line.strip() and not line.lstrip().startswith("#"):
+                entries.append(line.strip())
+    pairs = []
+    for entry in entries:
+        user, sep, password = entry.partition(":")
+        if not sep or not user.strip() or not password:
+            raise SystemExit(f"Auth entries must look like user:password, not {entry!r}.")
+        pairs.append((user.strip(), password))
+    return pairs or None
+
+
+class AppController:
+    """How the page asks the main thread to restart the app."""
+
+    def __init__(self) -> None:
+        self.restart_requested = threading.Event()
+        self.done = threading.Event()
+
+    def request_restart(self) -> None:
+        logger.info("Restart requested from the page")
+        self.restart_requested.set()
+        self.done.set()
+
+
+def _prepare_environment(settings: Settings) -> None:
+    """Keep everything local: no analytics, Gradio's temporary files inside the data folder."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("GRADIO_TEMP_DIR", str((settings.data_dir / "tmp").resolve()))
+    for folder in (settings.outputs_dir, settings.data_dir, settings.logs_dir, Path(os.environ["GRADIO_TEMP_DIR"])):
+        folder.mkdir(parents=True, exist_ok=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        settings = settings_from_args(args)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    auth = read_auth(args.auth, args.auth_file)
+    _prepare_environment(settings)
+
+    from pipelines.logbuffer import install
+
+    log_buffer = install(getattr(logging, args.log_level), log_file=settings.logs_dir / "cinescribe.log")
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+
+    from pipelines.worker import GPUWorker
+    from ui.app import build_demo, launch_options
+
+    host = "0.0.0.0" if args.listen else args.host
+    if (args.listen or args.share or host not in ("127.0.0.1", "localhost")) and not auth:
+        logger.warning("!" * 72)
+        logger.warning("The page is reachable from other machines WITHOUT a password. Use --auth user:password.")
+        logger.warning("!" * 72)
+    if settings.demo:
+        logger.info("Demo mode: tiny random models, clips are noise.")
+
+    worker = GPUWorker(settings)
+    worker.start()
+    if settings.preload:
+        worker.preload(settings.preload)
+    controller = AppController()
+    demo = build_demo(worker, settings, controller, log_buffer)
+    demo.queue(default_concurrency_limit=8)
+    try:
+        demo.launch(
+            server_name=host,
+            server_port=args.port,
+            share=args.share,
+            auth=auth,
+            prevent_thread_lock=True,
+            quiet=True,
+            **launch_options(settings),
+        )
+    except OSError as error:
+        logger.error("Could not start the server on %s:%s (%s). Is the port taken? Try --port %d.",
+                     host, args.port, error, args.port + 1)
+        worker.stop()
+        return 1
+    logger.info("Cinescribe is ready: http://%s:%d  (outputs: %s)",
+                "localhost" if host in ("127.0.0.1", "0.0.0.0") else host, args.port, settings.outputs_dir.resolve())
+    try:
+        controller.done.wait()
+    except KeyboardInterrupt:
+        logger.info("Stopping")
+    demo.close()
+    worker.stop()
+    if not controller.restart_requested.is_set():
+        return 0
+    if os.environ.get(LAUNCHER_ENV):
+        logger.info("Restarting through the launcher")
+        return RESTART_EXIT_CODE
+    logger.info("Restarting")
+    subprocess.Popen([sys.executable, *sys.argv], cwd=os.getcwd())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""``build_demo``: the Blocks page, its shared panels, and the settings to launch it offline."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from .i18n import LANGUAGES, STRINGS, Translator, normalise_language, t
+from .live_panel import build_live_panel, status_strip
+from .system_tab import build_system_tab
+from .t2v_tab import build_t2v_tab
+
+CSS = """
+.cs-strip {font-size: 0.9em; padding: 4px 8px; border-radius: 6px; background: var(--block-background-fill);}
+.cs-live {font-size: 0.9em;}
+.cs-bar {height: 10px; background: var(--border-color-primary); border-radius: 5px; overflow: hidden; margin: 4px 0;}
+.cs-bar > div {height: 100%; background: var(--color-accent); transition: width 0.4s;}
+#cs-header {align-items: center;}
+"""
+
+# Picks the language on load: the user's last choice, else the browser's.
+LANGUAGE_JS = """
+(current) => {
+  try { const saved = localStorage.getItem("cinescribe-lang"); if (saved) { return saved; } } catch (e) {}
+  const lang = (navigator.languages && navigator.languages[0]) || navigator.language || "en";
+  return lang.toLowerCase().startsWith("zh") ? "zh" : "en";
+}
+"""
+REMEMBER_LANGUAGE_JS = """
+(lang) => { try { localStorage.setItem("cinescribe-lang", lang); } catch (e) {} return lang; }
+"""
+
+
+def offline_theme() -> gr.themes.Base:
+    """Gradio's default look with system fonts only: nothing is fetched from the internet."""
+    return gr.themes.Default(
+        font=["system-ui", "Segoe UI", "Noto Sans CJK SC", "Microsoft YaHei", "PingFang SC", "sans-serif"],
+        font_mono=["ui-monospace", "Consolas", "Noto Sans Mono CJK SC", "monospace"],
+    )
+
+
+def build_demo(worker, settings, controller, log_buffer=None) -> gr.Blocks:
+    translator = Translator()
+    with gr.Blocks(title="Cinescribe") as demo:
+        lang_state = gr.State("en")
+        with gr.Row(elem_id="cs-header"):
+            with gr.Column(scale=4):
+                gr.Markdown("## Cinescribe")
+                translator.bind(gr.Markdown(t("en", "tagline")), value="tagline")
+            with gr.Column(scale=1, min_width=180):
+                language = gr.Radio([(name, code) for code, name in LANGUAGES.items()], value="en", show_label=False,
+                                    elem_id="cs-language", container=False)
+        if settings.demo:
+            translator.bind(gr.Markdown(t("en", "demo_banner"), elem_id="cs-demo-banner"), value="demo_banner")
+        strip = gr.HTML(status_strip("en", worker.status()))
+        with gr.Tabs():
+            with translator.bind(gr.Tab("Text to video", id="t2v"), label="tab_t2v"):
+                build_t2v_tab(worker, settings, translator, lang_state)
+            with translator.bind(gr.Tab("System", id="system"), label="tab_system"):
+                describe, info = build_system_tab(worker, settings, controller, translator, lang_state)
+        build_live_panel(worker, log_buffer, translator, lang_state, strip)
+
+        components = translator.components
+
+        def relabel(lang: str):
+            lang = normalise_language(lang)
+            return [lang, lang, *translator.updates(lang)]
+
+        language.change(relabel, [language], [lang_state, language, *components], api_visibility="private",
+                        show_progress="hidden", queue=False).then(
+            None, [language], None, js=REMEMBER_LANGUAGE_JS
+        )
+        demo.load(lambda lang: normalise_language(lang), [language], [language], js=LANGUAGE_JS,
+                  api_visibility="private", queue=False)
+        demo.load(describe, None, info, api_visibility="private", queue=False)
+        gr.api(lambda: worker.status(), api_name="status")
+    return demo
+
+
+def launch_options(settings) -> dict:
+    """Keyword arguments for ``demo.launch`` that keep the page offline and the file access narrow."""
+    return {
+        "theme": offline_theme(),
+        "css": CSS,
+        "allowed_paths": [str(settings.outputs_dir.resolve())],
+        "footer_links": ["api", "settings"],
+    }
+
+
+__all__ = ["build_demo", "launch_options", "STRINGS"]

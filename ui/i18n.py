@@ -1,0 +1,238 @@
+"""UI text in English and Simplified Chinese, and the switch between them.
+
+Components register the attributes to translate with ``Translator.bind``; a language change returns one
+``gr.update`` per registered component. The page picks the browser's language on load (or the one the
+user chose last time, kept in localStorage), and the switch in the header changes it at any time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+LANGUAGES = {"en": "English", "zh": "简体中文"}
+
+STRINGS: dict[str, dict[str, str]] = {
+    "en": {
+        "title": "Cinescribe",
+        "tagline": "Image and text to video, speech to text — on your own GPU.",
+        "demo_banner": "**Demo mode**: every model is a tiny randomly initialised model built on this machine. "
+        "Clips are noise; the app, queue, progress and outputs work as with real weights.",
+        "language": "Language",
+        "tab_t2v": "Text to video",
+        "tab_system": "System",
+        "model": "Model",
+        "preset": "Preset",
+        "preset_info": "Sets resolution, frames, steps, guidance and shift together; every value stays editable.",
+        "prompt": "Prompt",
+        "prompt_placeholder": "A cat walking on a beach at sunset, cinematic, close-up",
+        "negative_prompt": "Negative prompt",
+        "advanced": "Advanced settings",
+        "resolution": "Resolution",
+        "aspect": "Aspect ratio",
+        "size_note": "Output size: **{width} × {height}**, {frames} frames = {seconds:.1f} s at {fps} fps",
+        "frames": "Number of frames",
+        "frames_info": "Wan makes 4n+1 frames (81 = 5 s at 16 fps); other counts are rounded.",
+        "duration": "Duration in seconds (0 = use frames)",
+        "steps": "Steps",
+        "guidance": "Guidance",
+        "shift": "Flow shift",
+        "seed": "Seed (-1 = random)",
+        "fps": "Frames per second",
+        "clips": "Clips to make",
+        "generate": "Generate",
+        "stop": "Stop",
+        "video": "Clip",
+        "files": "Files (clips and their settings)",
+        "used_seed": "Seed used",
+        "job_settings": "Settings recorded with the clip",
+        "status_idle": "Ready.",
+        "status_queued": "Queued: place {position} in line.",
+        "status_loading": "Loading the model (only the first job after a start or a release)…",
+        "status_running": "Clip {clip}/{clips} · {stage} · step {step}/{total}",
+        "status_done": "Done: {count} clip(s) in {seconds:.1f} s, in {folder}",
+        "status_cancelled": "Stopped. Nothing was written for the clip in progress.",
+        "status_failed": "Failed: {error}",
+        "turbo_note": "Turbo uses step-distilled weights: 4 steps at guidance 1.0. Its output differs from the base model.",
+        "stage_load": "loading model",
+        "stage_text_encode": "encoding prompt",
+        "stage_denoise": "denoising",
+        "stage_decode": "decoding",
+        "stage_encode": "writing mp4",
+        "live_title": "Live",
+        "live_idle": "No job running.",
+        "preview": "Preview (approximate colours)",
+        "log": "Log",
+        "strip": "{device} · {memory} · models: {models} · queue: {queue}",
+        "strip_memory_gpu": "VRAM {used:.1f}/{total:.1f} GiB",
+        "strip_memory_cpu": "RAM {used:.1f}/{total:.1f} GiB",
+        "strip_none": "none",
+        "release_vram": "Release VRAM",
+        "release_info": "Drops every resident model between jobs and gives the memory back.",
+        "released": "Released {models}: {freed:.2f} GiB back ({before:.2f} → {after:.2f} GiB in use).",
+        "released_nothing": "No model was resident; {freed:.2f} GiB back.",
+        "restart": "Restart app",
+        "restart_info": "Restarts the app (queued jobs are cancelled); the page reconnects by itself.",
+        "restarting": "Restarting… the page reloads when the app is back.",
+        "system_info": "System",
+        "settings_title": "Started with",
+        "outputs_folder": "Outputs folder",
+        # errors a user can meet (keys match RequestError.key)
+        "err_prompt_empty": "Write a prompt: it is empty.",
+        "err_prompt_long": "The prompt is too long; the limit is {limit} characters.",
+        "err_frames_type": "Number of frames must be a whole number, not {value}.",
+        "err_frames_range": "Number of frames must be between {low:g} and {high:g}, not {value:g}.",
+        "err_steps_type": "Steps must be a whole number, not {value}.",
+        "err_steps_range": "Steps must be between {low:g} and {high:g}, not {value:g}.",
+        "err_seed_type": "Seed must be a whole number (or -1 for random), not {value}.",
+        "err_seed_range": "Seed must be between {low:g} and {high:g}, not {value:g}.",
+        "err_guidance_type": "Guidance must be a number, not {value}.",
+        "err_guidance_range": "Guidance must be between {low:g} and {high:g}, not {value:g}.",
+        "err_shift_type": "Flow shift must be a number, not {value}.",
+        "err_shift_range": "Flow shift must be between {low:g} and {high:g}, not {value:g}.",
+        "err_fps_type": "Frames per second must be a whole number, not {value}.",
+        "err_fps_range": "Frames per second must be between {low:g} and {high:g}, not {value:g}.",
+        "err_clips_type": "Number of clips must be a whole number, not {value}.",
+        "err_clips_range": "Number of clips must be between {low:g} and {high:g}, not {value:g}.",
+        "err_duration_type": "Duration must be a number, not {value}.",
+        "err_duration_range": "Duration must be between {low:g} and {high:g} seconds, not {value:g}.",
+        "err_model_missing": "{model} ({repo}) is not on this machine. Fetch it with: {command}",
+        "err_oom": "Out of GPU memory. Try fewer frames or a lower resolution, or start with --offload model "
+        "and --vae-tiling; Release VRAM frees models kept from earlier jobs.",
+        "err_restarting": "The app is restarting; try again in a moment.",
+    },
+    "zh": {
+        "title": "Cinescribe",
+        "tagline": "图片和文字生成视频，语音转文字——在你自己的 GPU 上。",
+        "demo_banner": "**演示模式**：所有模型都是在本机构建的随机初始化微型模型。生成的视频是噪声；"
+        "应用、队列、进度和输出与真实权重时完全一样。",
+        "language": "语言",
+        "tab_t2v": "文字生成视频",
+        "tab_system": "系统",
+        "model": "模型",
+        "preset": "预设",
+        "preset_info": "同时设置分辨率、帧数、步数、引导系数和偏移；所有数值都可以再修改。",
+        "prompt": "提示词",
+        "prompt_placeholder": "日落时分，一只猫在海滩上散步，电影感，特写",
+        "negative_prompt": "反向提示词",
+        "advanced": "高级设置",
+        "resolution": "分辨率",
+        "aspect": "画面比例",
+        "size_note": "输出尺寸：**{width} × {height}**，{frames} 帧 = {seconds:.1f} 秒（{fps} fps）",
+        "frames": "帧数",
+        "frames_info": "Wan 生成 4n+1 帧（81 帧 = 16 fps 下 5 秒）；其他数值会被取整。",
+        "duration": "时长（秒，0 = 按帧数）",
+        "steps": "步数",
+        "guidance": "引导系数",
+        "shift": "流偏移（shift）",
+        "seed": "种子（-1 = 随机）",
+        "fps": "每秒帧数",
+        "clips": "生成数量",
+        "generate": "生成",
+        "stop": "停止",
+        "video": "视频",
+        "files": "文件（视频及其参数）",
+        "used_seed": "使用的种子",
+        "job_settings": "随视频保存的参数",
+        "status_idle": "就绪。",
+        "status_queued": "排队中：第 {position} 位。",
+        "status_loading": "正在加载模型（仅在启动或释放显存后的第一个任务）…",
+        "status_running": "第 {clip}/{clips} 个 · {stage} · 第 {step}/{total} 步",
+        "status_done": "完成：{count} 个视频，用时 {seconds:.1f} 秒，保存在 {folder}",
+        "status_cancelled": "已停止。正在生成的视频没有写入文件。",
+        "status_failed": "失败：{error}",
+        "turbo_note": "Turbo 使用步数蒸馏权重：4 步，引导系数 1.0。输出与基础模型不同。",
+        "stage_load": "加载模型",
+        "stage_text_encode": "编码提示词",
+        "stage_denoise": "去噪",
+        "stage_decode": "解码",
+        "stage_encode": "写入 mp4",
+        "live_title": "实时",
+        "live_idle": "没有正在运行的任务。",
+        "preview": "预览（颜色为近似值）",
+        "log": "日志",
+        "strip": "{device} · {memory} · 模型：{models} · 队列：{queue}",
+        "strip_memory_gpu": "显存 {used:.1f}/{total:.1f} GiB",
+        "strip_memory_cpu": "内存 {used:.1f}/{total:.1f} GiB",
+        "strip_none": "无",
+        "release_vram": "释放显存",
+        "release_info": "在任务之间卸载所有常驻模型并归还显存。",
+        "released": "已释放 {models}：归还 {freed:.2f} GiB（占用 {before:.2f} → {after:.2f} GiB）。",
+        "released_nothing": "没有常驻模型；归还 {freed:.2f} GiB。",
+        "restart": "重启应用",
+        "restart_info": "重启应用（排队的任务会被取消）；页面会自动重新连接。",
+        "restarting": "正在重启……应用恢复后页面会自动刷新。",
+        "system_info": "系统",
+        "settings_title": "启动参数",
+        "outputs_folder": "输出文件夹",
+        "err_prompt_empty": "请填写提示词：当前为空。",
+        "err_prompt_long": "提示词过长；上限为 {limit} 个字符。",
+        "err_frames_type": "帧数必须是整数，而不是 {value}。",
+        "err_frames_range": "帧数必须在 {low:g} 到 {high:g} 之间，而不是 {value:g}。",
+        "err_steps_type": "步数必须是整数，而不是 {value}。",
+        "err_steps_range": "步数必须在 {low:g} 到 {high:g} 之间，而不是 {value:g}。",
+        "err_seed_type": "种子必须是整数（或 -1 表示随机），而不是 {value}。",
+        "err_seed_range": "种子必须在 {low:g} 到 {high:g} 之间，而不是 {value:g}。",
+        "err_guidance_type": "引导系数必须是数字，而不是 {value}。",
+        "err_guidance_range": "引导系数必须在 {low:g} 到 {high:g} 之间，而不是 {value:g}。",
+        "err_shift_type": "流偏移必须是数字，而不是 {value}。",
+        "err_shift_range": "流偏移必须在 {low:g} 到 {high:g} 之间，而不是 {value:g}。",
+        "err_fps_type": "每秒帧数必须是整数，而不是 {value}。",
+        "err_fps_range": "每秒帧数必须在 {low:g} 到 {high:g} 之间，而不是 {value:g}。",
+        "err_clips_type": "生成数量必须是整数，而不是 {value}。",
+        "err_clips_range": "生成数量必须在 {low:g} 到 {high:g} 之间，而不是 {value:g}。",
+        "err_duration_type": "时长必须是数字，而不是 {value}。",
+        "err_duration_range": "时长必须在 {low:g} 到 {high:g} 秒之间，而不是 {value:g}。",
+        "err_model_missing": "本机没有 {model}（{repo}）。下载命令：{command}",
+        "err_oom": "GPU 显存不足。请减少帧数或降低分辨率，或使用 --offload model 和 --vae-tiling 启动；"
+        "“释放显存”可卸载之前任务留下的模型。",
+        "err_restarting": "应用正在重启，请稍后再试。",
+    },
+}
+
+
+def normalise_language(code: str | None) -> str:
+    """``zh-CN``, ``zh-Hans``, ``zh`` -> ``zh``; anything else -> ``en``."""
+    return "zh" if str(code or "").lower().startswith("zh") else "en"
+
+
+def t(lang: str, key: str, **params: Any) -> str:
+    """The text for ``key`` in ``lang`` (English when missing), formatted with ``params``."""
+    table = STRINGS.get(normalise_language(lang), STRINGS["en"])
+    text = table.get(key) or STRINGS["en"].get(key) or key
+    if params:
+        try:
+            return text.format(**params)
+        except (KeyError, ValueError, IndexError):
+            return text
+    return text
+
+
+def error_text(lang: str, key: str, params: dict, fallback: str) -> str:
+    """A user-facing error in ``lang`` when the key is known, else the original English message."""
+    full_key = f"err_{key}"
+    if key and full_key in STRINGS["en"]:
+        try:
+            return STRINGS[normalise_language(lang)][full_key].format(**params)
+        except (KeyError, ValueError, IndexError):
+            pass
+    return fallback
+
+
+class Translator:
+    """Remembers which component attribute shows which text key, to re-label the page on a switch."""
+
+    def __init__(self) -> None:
+        self._bindings: list[tuple[Any, dict[str, str]]] = []
+
+    def bind(self, component, **attribute_keys: str):
+        self._bindings.append((component, attribute_keys))
+        return component
+
+    @property
+    def components(self) -> list:
+        return [component for component, _ in self._bindings]
+
+    def updates(self, lang: str) -> list:
+        import gradio as gr
+
+        return [gr.update(**{attr: t(lang, key) for attr, key in keys.items()}) for _, keys in self._bindings]

@@ -1,0 +1,79 @@
+"""The panel under every tab: status strip, the running job's progress and preview, and the live log."""
+
+from __future__ import annotations
+
+import html
+
+import gradio as gr
+
+from .i18n import Translator, t
+
+REFRESH_SECONDS = 1.0
+LOG_LINES = 300
+
+
+def status_strip(lang: str, status: dict) -> str:
+    memory = status.get("memory", {})
+    if "used_gib" in memory:
+        key = "strip_memory_gpu" if str(status.get("device", "")).startswith("cuda") else "strip_memory_cpu"
+        memory_text = t(lang, key, used=memory["used_gib"], total=memory["total_gib"])
+    else:
+        memory_text = "?"
+    models = ", ".join(m["title"] for m in status.get("resident", [])) or t(lang, "strip_none")
+    text = t(lang, "strip", device=status.get("device_name", "?"), memory=memory_text, models=models,
+             queue=status.get("queue", 0))
+    return f'<div class="cs-strip" id="cs-strip">{html.escape(text)}</div>'
+
+
+def progress_html(lang: str, current: dict | None) -> str:
+    if not current or current.get("state") != "running":
+        return f'<div class="cs-live" id="cs-live">{html.escape(t(lang, "live_idle"))}</div>'
+    total = max(1, current.get("total") or 1)
+    percent = 100.0 * (current.get("step") or 0) / total
+    stage = t(lang, f"stage_{current['stage']}") if current.get("stage") else ""
+    text = t(lang, "status_running", clip=current.get("clip", 1), clips=current.get("clips", 1), stage=stage,
+             step=current.get("step", 0), total=total)
+    if current.get("it_per_s"):
+        text += f" · {current['it_per_s']:.2f} it/s"
+    if current.get("eta_s") is not None and current.get("stage") == "denoise":
+        text += f" · ETA {current['eta_s']:.0f} s"
+    return (
+        f'<div class="cs-live" id="cs-live"><div class="cs-bar"><div style="width:{percent:.1f}%"></div></div>'
+        f"<span>{html.escape(current.get('task', '').upper())} {html.escape(current.get('id', ''))} · "
+        f"{html.escape(text)}</span></div>"
+    )
+
+
+def build_live_panel(worker, log_buffer, translator: Translator, lang_state: gr.State, strip: gr.HTML) -> None:
+    """The panel, and one timer that refreshes it and the status ``strip`` (placed at the top)."""
+    with translator.bind(gr.Accordion("Live", open=True, elem_id="cs-live-panel"), label="live_title"):
+        with gr.Row():
+            with gr.Column(scale=3):
+                live = gr.HTML(progress_html("en", None))
+                log = translator.bind(
+                    gr.Textbox(label="Log", lines=10, max_lines=10, autoscroll=True, interactive=False, elem_id="cs-log"),
+                    label="log",
+                )
+            with gr.Column(scale=1, min_width=200):
+                preview = translator.bind(gr.Image(label="Preview", type="numpy", height=160, interactive=False),
+                                          label="preview")
+    seen = gr.State({"log": -1, "preview": None})
+    timer = gr.Timer(REFRESH_SECONDS)
+
+    def refresh(lang: str, state: dict):
+        status = worker.status()
+        current_job = worker.current_job()
+        skip = gr.skip()
+        log_update = skip
+        if log_buffer is not None and log_buffer.sequence != state.get("log"):
+            state = {**state, "log": log_buffer.sequence}
+            log_update = "\n".join(log_buffer.tail(LOG_LINES))
+        preview_update = skip
+        picture = current_job.preview if current_job is not None else None
+        if picture is not None and id(picture) != state.get("preview"):
+            state = {**state, "preview": id(picture)}
+            preview_update = picture
+        return status_strip(lang, status), progress_html(lang, status.get("current")), preview_update, log_update, state
+
+    timer.tick(refresh, [lang_state, seen], [strip, live, preview, log, seen], api_visibility="private",
+               show_progress="hidden", queue=False)

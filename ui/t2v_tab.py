@@ -1,0 +1,196 @@
+"""The text-to-video tab: controls, presets, and a generator that follows one job from queue to clip."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import gradio as gr
+
+from pipelines.jobs import JobState, RequestError
+from pipelines.registry import ASPECT_RATIOS, DEFAULT_MODEL, get_spec, models_for
+from pipelines.t2v import DEFAULT_NEGATIVE_PROMPT, T2VRequest, presets_for, resolutions_for, validate_t2v
+
+from .i18n import Translator, error_text, t
+
+POLL_SECONDS = 0.5
+
+
+def _preset_values(spec, preset_name: str, demo: bool) -> dict:
+    presets = presets_for(spec, demo)
+    preset = next((p for p in presets if p.name == preset_name), None) or presets[0]
+    return dataclasses.asdict(preset)
+
+
+def size_note(lang: str, model_id: str, resolution: str, aspect: str, frames, fps, demo: bool) -> str:
+    try:
+        spec = get_spec(model_id)
+        checked = validate_t2v(
+            T2VRequest(prompt="x", model=model_id, resolution=resolution, aspect=aspect, frames=frames, fps=fps), demo=demo
+        )
+    except (RequestError, ValueError) as error:
+        return f"⚠ {error}"
+    text = t(lang, "size_note", width=checked.width, height=checked.height, frames=checked.frames,
+             seconds=checked.frames / checked.fps, fps=checked.fps)
+    if spec.distilled:
+        text += "\n\n" + t(lang, "turbo_note")
+    return text
+
+
+def _status(lang: str, job, position: int) -> str:
+    if job.state == JobState.QUEUED:
+        return t(lang, "status_queued", position=position)
+    p = job.progress
+    if p.stage == "load":
+        return t(lang, "status_loading")
+    text = t(lang, "status_running", clip=p.clip, clips=p.clips, stage=t(lang, f"stage_{p.stage}") if p.stage else "",
+             step=p.step, total=p.total)
+    if p.it_per_s:
+        text += f" · {p.it_per_s:.2f} it/s"
+    if p.eta_s is not None and p.stage == "denoise":
+        text += f" · ETA {p.eta_s:.0f} s"
+    return text
+
+
+def build_t2v_tab(worker, settings, translator: Translator, lang_state: gr.State) -> None:
+    demo = settings.demo
+    specs = models_for("t2v")
+    default_spec = get_spec(DEFAULT_MODEL["t2v"])
+    start = _preset_values(default_spec, default_spec.default_preset, demo)
+    # Every resolution any model offers: the API takes any of them; validation names what a model lacks.
+    all_resolutions = sorted({r for s in specs for r in resolutions_for(s, demo)}, key=lambda r: int(r[:-1]))
+
+    with gr.Row():
+        with gr.Column(scale=5):
+            with gr.Row():
+                model = translator.bind(
+                    gr.Dropdown([(s.title, s.id) for s in specs], value=default_spec.id, label="Model"), label="model"
+                )
+                preset = translator.bind(
+                    gr.Dropdown([p.name for p in presets_for(default_spec, demo)], value=start["name"], label="Preset",
+                                info=t("en", "preset_info"), allow_custom_value=True),
+                    label="preset", info="preset_info",
+                )
+            prompt = translator.bind(
+                gr.Textbox(label="Prompt", lines=3, placeholder=t("en", "prompt_placeholder"), elem_id="t2v-prompt"),
+                label="prompt", placeholder="prompt_placeholder",
+            )
+            with gr.Row():
+                resolution = translator.bind(
+                    gr.Radio(all_resolutions, value=start["resolution"], label="Resolution"),
+                    label="resolution",
+                )
+                aspect = translator.bind(gr.Radio(list(ASPECT_RATIOS), value="16:9", label="Aspect ratio"), label="aspect")
+            with gr.Row():
+                frames = translator.bind(
+                    gr.Slider(1, default_spec.max_frames, value=start["frames"], step=1, label="Number of frames",
+                              info=t("en", "frames_info")),
+                    label="frames", info="frames_info",
+                )
+                duration = translator.bind(gr.Number(value=0, label="Duration", minimum=0), label="duration")
+            note = gr.Markdown(size_note("en", default_spec.id, start["resolution"], "16:9", start["frames"], default_spec.fps, demo))
+            with translator.bind(gr.Accordion("Advanced settings", open=False), label="advanced"):
+                negative = translator.bind(gr.Textbox(value=DEFAULT_NEGATIVE_PROMPT, label="Negative prompt", lines=2),
+                                           label="negative_prompt")
+                with gr.Row():
+                    steps = translator.bind(gr.Slider(1, 100, value=start["steps"], step=1, label="Steps"), label="steps")
+                    guidance = translator.bind(gr.Slider(0, 15, value=start["guidance"], step=0.5, label="Guidance"),
+                                               label="guidance")
+                    shift = translator.bind(gr.Slider(0.5, 20, value=start["shift"], step=0.5, label="Flow shift"),
+                                            label="shift")
+                with gr.Row():
+                    seed = translator.bind(gr.Number(value=-1, precision=0, label="Seed"), label="seed")
+                    fps = translator.bind(gr.Slider(4, 30, value=default_spec.fps, step=1, label="FPS"), label="fps")
+                    clips = translator.bind(gr.Slider(1, 8, value=1, step=1, label="Clips"), label="clips")
+            with gr.Row():
+                generate = translator.bind(gr.Button("Generate", variant="primary", elem_id="t2v-generate"), value="generate")
+                stop = translator.bind(gr.Button("Stop", variant="stop", elem_id="t2v-stop"), value="stop")
+        with gr.Column(scale=4):
+            status = gr.Markdown(t("en", "status_idle"), elem_id="t2v-status")
+            preview = translator.bind(gr.Image(label="Preview", type="numpy", height=140, interactive=False), label="preview")
+            video = translator.bind(gr.Video(label="Clip", interactive=False, elem_id="t2v-video", autoplay=True, loop=True),
+                                    label="video")
+            used_seed = translator.bind(gr.Number(label="Seed used", interactive=False, precision=0), label="used_seed")
+            files = translator.bind(gr.File(label="Files", file_count="multiple", interactive=False), label="files")
+            recorded = translator.bind(gr.Code(label="Settings", language="json", interactive=False), label="job_settings")
+    job_id = gr.State("")
+
+    # --- presets and size -----------------------------------------------------------------------------
+
+    def on_model(model_id: str, lang: str):
+        spec = get_spec(model_id)
+        values = _preset_values(spec, spec.default_preset, demo)
+        return (
+            gr.update(choices=[p.name for p in presets_for(spec, demo)], value=values["name"]),
+            values["resolution"],
+            gr.update(maximum=spec.max_frames, value=values["frames"]),
+            values["steps"], values["guidance"], values["shift"], spec.fps,
+        )
+
+    def on_preset(model_id: str, preset_name: str):
+        values = _preset_values(get_spec(model_id), preset_name, demo)
+        return values["resolution"], values["frames"], values["steps"], values["guidance"], values["shift"]
+
+    model.input(on_model, [model, lang_state], [preset, resolution, frames, steps, guidance, shift, fps],
+                api_visibility="private")
+    preset.input(on_preset, [model, preset], [resolution, frames, steps, guidance, shift], api_visibility="private")
+    for component in (model, resolution, aspect, frames, fps, lang_state):
+        component.change(
+            lambda m, r, a, f, s, lang: size_note(lang, m, r, a, f, s, demo),
+            [model, resolution, aspect, frames, fps, lang_state], note, api_visibility="private", show_progress="hidden",
+        )
+
+    # --- the job --------------------------------------------------------------------------------------
+
+    def run(model_id, preset_name, prompt_text, negative_text, res, asp, n_frames, seconds, n_steps, cfg, flow_shift,
+            seed_value, frame_rate, n_clips, lang, request: gr.Request):
+        lang = lang or "en"
+        t2v_request = T2VRequest(
+            prompt=prompt_text, negative_prompt=negative_text or "", model=model_id, preset=preset_name or "",
+            resolution=res, aspect=asp, frames=n_frames, duration_s=seconds or None, steps=n_steps, guidance=cfg,
+            shift=flow_shift, seed=-1 if seed_value in (None, "") else seed_value, fps=frame_rate, clips=n_clips,
+        )
+        try:
+            t2v_request = validate_t2v(t2v_request, demo=demo)  # fail fast, before the queue
+            job = worker.submit("t2v", t2v_request, owner=getattr(request, "session_hash", "") or "")
+        except RequestError as error:
+            raise gr.Error(error_text(lang, error.key, error.params, str(error)))
+        skip = gr.skip()
+        yield _status(lang, job, worker.position(job)), job.id, None, skip, skip, t2v_request.seed, skip
+        seen, shown_preview = -1, None
+        while not job.state.finished:
+            seen = job.wait_for_change(seen, timeout=POLL_SECONDS * 4)
+            fresh = job.preview if job.preview is not None and job.preview is not shown_preview else None
+            shown_preview = job.preview if fresh is not None else shown_preview
+            yield _status(lang, job, worker.position(job)), skip, fresh if fresh is not None else skip, skip, skip, skip, skip
+        if job.state == JobState.CANCELLED:
+            yield t(lang, "status_cancelled"), "", skip, skip, skip, skip, skip
+            return
+        if job.state == JobState.FAILED:
+            raise gr.Error(error_text(lang, job.error_key, job.error_params, job.error))
+        result = job.result
+        outputs = [c["video"] for c in result["clips"]] + [c["sidecar"] for c in result["clips"]]
+        last = result["clips"][-1]
+        sidecar = Path(last["sidecar"]).read_text(encoding="utf-8")
+        message = t(lang, "status_done", count=len(result["clips"]), seconds=(job.finished or time.time()) - job.created,
+                    folder=str(Path(last["video"]).parent))
+        if result.get("notes"):
+            message += "\n\n" + "\n".join(f"- {n}" for n in result["notes"])
+        yield message, "", skip, last["video"], outputs, last["seed"], sidecar
+
+    generate.click(
+        run,
+        [model, preset, prompt, negative, resolution, aspect, frames, duration, steps, guidance, shift, seed, fps, clips,
+         lang_state],
+        [status, job_id, preview, video, files, used_seed, recorded],
+        api_name="t2v",
+        concurrency_limit=32,  # handlers only wait on the GPU worker's own queue, which runs one job at a time
+        concurrency_id="t2v-wait",
+        show_progress="minimal",
+    )
+
+    def cancel(current_job_id: str) -> bool:
+        return worker.cancel(current_job_id) if current_job_id else False
+
+    stop.click(cancel, [job_id], None, api_name="cancel", queue=False)
