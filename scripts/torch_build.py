@@ -518,10 +518,10 @@ class _Reporter:
     def __init__(self, log: str | None):
         self.log = log
 
-    def __call__(self, message: str = "", *, error: bool = False) -> None:
+    def __call__(self, message: str = "", *, error: bool = False, hint: bool = False) -> None:
         for line in message.splitlines() or [""]:
             text = f"[cinescribe] {'ERROR: ' if error else ''}{line}"
-            print(text, file=sys.stderr if error else sys.stdout, flush=True)
+            print(text, file=sys.stderr if error or hint else sys.stdout, flush=True)
             if self.log:
                 try:
                     with open(self.log, "a", encoding="utf-8") as handle:
@@ -545,8 +545,8 @@ def verify(variant_name: str, platform: str, constraints: str | None, log: str |
         say(f"torch does not import: {type(exc).__name__}: {exc}", error=True)
         if platform == "win32":
             say("On Windows this is usually the missing Microsoft Visual C++ Redistributable (x64): "
-                "https://aka.ms/vs/17/release/vc_redist.x64.exe - install it, then start again.", error=True)
-        say(f"If it persists, rebuild the environment: {launcher} --reinstall", error=True)
+                "https://aka.ms/vs/17/release/vc_redist.x64.exe - install it, then start again.", hint=True)
+        say(f"If it persists, rebuild the environment: {launcher} --reinstall", hint=True)
         return 1
     cuda_build = getattr(torch.version, "cuda", None)
     say(f"torch {torch.__version__} imports (CUDA runtime: {cuda_build or 'none, CPU build'}).")
@@ -556,7 +556,7 @@ def verify(variant_name: str, platform: str, constraints: str | None, log: str |
             say(passed)
         if failure:
             say(failure, error=True)
-            say(_fixes(variant, platform, launcher), error=True)
+            say(_fixes(variant, platform, launcher), hint=True)
             return 1
     if constraints:
         write_constraints(Path(constraints))
@@ -609,7 +609,8 @@ def _fixes(variant: Variant | None, platform: str, launcher: str) -> str:
     if variant is not None and variant.cuda:
         need = _driver_text(variant.min_driver(platform))
         lines.append(f"* Install a current NVIDIA driver ({variant.name} needs {need} or newer) from "
-                     "https://www.nvidia.com/drivers, reboot, and check that `nvidia-smi` works; "
+                     "https://www.nvidia.com/drivers, reboot (also after any driver update), check that "
+                     "`nvidia-smi` works; "
                      f"then run: {launcher} --update")
     if platform == "linux":
         lines.append("* In a container or WSL, the GPU must be passed through (docker --gpus all; "
