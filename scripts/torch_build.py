@@ -647,13 +647,19 @@ def write_marker(venv: Path, plan_json: Path) -> None:
     (venv / MARKER_NAME).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
 
 
+_ARCH_NAMES = {(5, 0): "Maxwell", (7, 5): "Turing"}
+
+
 def table_markdown() -> str:
     rows = ["| variant | torch | torchvision | GPU architectures | min. driver Linux | min. driver Windows |",
             "| --- | --- | --- | --- | --- | --- |"]
     for variant in VARIANTS.values():
         if variant.cuda:
-            top = f"sm_{variant.max_cc[0]}x" if variant.max_cc else "sm_120 and newer"
-            arch = f"sm_{variant.min_cc[0]}{variant.min_cc[1]} to {top}"
+            low = f"sm_{variant.min_cc[0]}{variant.min_cc[1]}"
+            if variant.max_cc:
+                arch = f"{low}-sm_{variant.max_cc[0]}0 ({_ARCH_NAMES.get(variant.min_cc, low)} to Hopper)"
+            else:
+                arch = f"{low} and newer ({_ARCH_NAMES.get(variant.min_cc, low)} to Blackwell sm_120)"
             linux, windows = (_driver_text(variant.min_driver(p)) for p in ("linux", "win32"))
         else:
             arch, linux, windows = "any (CPU)", "-", "-"
