@@ -459,7 +459,13 @@ def plan(venv: Path, requirements: Path, platform: str, *, cpu: bool = False, up
         selection = Selection.from_dict(marker["selection"])
         if selection.forced_cpu:
             notes.append("Using the CPU build chosen earlier with --cpu; run with --update to detect the GPU again.")
-    need_torch = reselect and not (installed and selection.torch_version == installed)
+    if not reselect:
+        need_torch = False
+    elif selection.torch_version:  # pinned: compare with what is installed
+        need_torch = selection.torch_version != installed
+    else:  # unpinned (CINESCRIBE_TORCH_SPEC=torch): install once, not on every start
+        previous = Selection.from_dict(marker["selection"]).pip_args() if marker else None
+        need_torch = installed is None or previous != selection.pip_args()
     req_hash = file_sha256(requirements)
     constraints_ok = (venv / CONSTRAINTS_NAME).is_file()
     need_reqs = marker is None or need_torch or update or marker.get("requirements_sha256") != req_hash

@@ -265,6 +265,21 @@ def test_plan_switches_the_build_when_asked(tmp_path):
     assert fields["INSTALLED_TORCH"] == "2.11.0+cu126"
 
 
+def test_plan_with_an_unpinned_override_installs_once(tmp_path):
+    venv_dir, req = tmp_path / ".venv", tmp_path / "requirements.txt"
+    req.write_text("gradio\n")
+    env = {"CINESCRIBE_TORCH_INDEX": "https://mirror.example/whl/cu124"}
+    fields, sel = tb.plan(venv_dir, req, "linux", env=env, smi=_smi(None))
+    assert fields["NEED_TORCH"] == "1" and fields["PIP_ARGS"] == "torch --index-url https://mirror.example/whl/cu124"
+    _fake_dist(venv_dir, "2.4.1+cu124")
+    (venv_dir / tb.CONSTRAINTS_NAME).write_text("torch==2.4.1+cu124\n")
+    plan_json = tmp_path / "plan.json"
+    plan_json.write_text(json.dumps({"fields": fields, "selection": sel.to_dict()}))
+    tb.write_marker(venv_dir, plan_json)
+    fields, _ = tb.plan(venv_dir, req, "linux", env=env, smi=_smi(None))
+    assert (fields["NEED_TORCH"], fields["NEED_REQS"], fields["VERIFY"]) == ("0", "0", "0")
+
+
 # ============================================================================================
 # start.sh end to end
 # ============================================================================================
