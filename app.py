@@ -100,10 +100,13 @@ class AppController:
         self.restart_requested = threading.Event()
         self.done = threading.Event()
 
-    def request_restart(self) -> None:
+    def request_restart(self, delay: float = 1.0) -> None:
+        """Restart ``delay`` seconds from now, so the page gets its answer before the server stops."""
         logger.info("Restart requested from the page")
         self.restart_requested.set()
-        self.done.set()
+        timer = threading.Timer(delay, self.done.set)
+        timer.daemon = True
+        timer.start()
 
 
 def _prepare_environment(settings: Settings) -> None:

@@ -196,5 +196,5 @@ def frame_size(resolution: str, aspect: str, multiple: int = 16) -> tuple[int, i
 
 def snap_frames(frames: int, temporal: int = 4) -> int:
     """Nearest frame count of Wan's ``4n + 1`` form (1, 5, 9, ... 81)."""
-    n = max(0, round((frames - 1) / temporal))
+    n = max(0, int((frames - 1) / temporal + 0.5))  # halves round up: 3 -> 5
     return n * temporal + 1

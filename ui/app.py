@@ -41,7 +41,7 @@ def offline_theme() -> gr.themes.Base:
 def build_demo(worker, settings, controller, log_buffer=None) -> gr.Blocks:
     translator = Translator()
     with gr.Blocks(title="Cinescribe") as demo:
-        lang_state = gr.State("en")
+        lang_state = gr.State("")  # set from the browser on load
         with gr.Row(elem_id="cs-header"):
             with gr.Column(scale=4):
                 gr.Markdown("## Cinescribe")
@@ -72,7 +72,11 @@ def build_demo(worker, settings, controller, log_buffer=None) -> gr.Blocks:
         demo.load(lambda lang: normalise_language(lang), [language], [language], js=LANGUAGE_JS,
                   api_visibility="private", queue=False)
         demo.load(describe, None, info, api_visibility="private", queue=False)
-        gr.api(lambda: worker.status(), api_name="status")
+        def status() -> dict:
+            """Device, memory, resident models, queue length and the running job."""
+            return worker.status()
+
+        gr.api(status, api_name="status")
     return demo
 
 

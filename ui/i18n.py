@@ -195,6 +195,14 @@ def normalise_language(code: str | None) -> str:
     return "zh" if str(code or "").lower().startswith("zh") else "en"
 
 
+def request_language(lang: str | None, request=None) -> str:
+    """The session's chosen language, else the caller's ``Accept-Language`` (API clients), else English."""
+    if lang:
+        return normalise_language(lang)
+    headers = getattr(request, "headers", None) or {}
+    return normalise_language(headers.get("accept-language", "en"))
+
+
 def t(lang: str, key: str, **params: Any) -> str:
     """The text for ``key`` in ``lang`` (English when missing), formatted with ``params``."""
     table = STRINGS.get(normalise_language(lang), STRINGS["en"])

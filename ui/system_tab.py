@@ -6,7 +6,7 @@ import json
 
 import gradio as gr
 
-from .i18n import Translator, t
+from .i18n import Translator, request_language, t
 
 # After Restart: wait for the server to go away and come back, then reload the page.
 RECONNECT_JS = """
@@ -66,13 +66,13 @@ def build_system_tab(worker, settings, controller, translator: Translator, lang_
             ensure_ascii=False,
         )
 
-    def on_release(lang: str):
+    def on_release(lang: str, request: gr.Request):
         report = worker.release_vram(timeout=3600)
-        return release_message(lang or "en", report), describe()
+        return release_message(request_language(lang, request), report), describe()
 
-    def on_restart(lang: str) -> str:
+    def on_restart(lang: str, request: gr.Request) -> str:
         controller.request_restart()
-        return t(lang or "en", "restarting")
+        return t(request_language(lang, request), "restarting")
 
     release.click(on_release, [lang_state], [result, info], api_name="release_vram", concurrency_limit=4,
                   concurrency_id="control")

@@ -12,7 +12,7 @@ from pipelines.jobs import JobState, RequestError
 from pipelines.registry import ASPECT_RATIOS, DEFAULT_MODEL, get_spec, models_for
 from pipelines.t2v import DEFAULT_NEGATIVE_PROMPT, T2VRequest, presets_for, resolutions_for, validate_t2v
 
-from .i18n import Translator, error_text, t
+from .i18n import Translator, error_text, request_language, t
 
 POLL_SECONDS = 0.5
 
@@ -84,8 +84,7 @@ def build_t2v_tab(worker, settings, translator: Translator, lang_state: gr.State
                 aspect = translator.bind(gr.Radio(list(ASPECT_RATIOS), value="16:9", label="Aspect ratio"), label="aspect")
             with gr.Row():
                 frames = translator.bind(
-                    gr.Slider(1, default_spec.max_frames, value=start["frames"], step=1, label="Number of frames",
-                              info=t("en", "frames_info")),
+                    gr.Number(value=start["frames"], precision=0, label="Number of frames", info=t("en", "frames_info")),
                     label="frames", info="frames_info",
                 )
                 duration = translator.bind(gr.Number(value=0, label="Duration", minimum=0), label="duration")
@@ -124,7 +123,7 @@ def build_t2v_tab(worker, settings, translator: Translator, lang_state: gr.State
         return (
             gr.update(choices=[p.name for p in presets_for(spec, demo)], value=values["name"]),
             values["resolution"],
-            gr.update(maximum=spec.max_frames, value=values["frames"]),
+            values["frames"],
             values["steps"], values["guidance"], values["shift"], spec.fps,
         )
 
@@ -145,7 +144,7 @@ def build_t2v_tab(worker, settings, translator: Translator, lang_state: gr.State
 
     def run(model_id, preset_name, prompt_text, negative_text, res, asp, n_frames, seconds, n_steps, cfg, flow_shift,
             seed_value, frame_rate, n_clips, lang, request: gr.Request):
-        lang = lang or "en"
+        lang = request_language(lang, request)
         t2v_request = T2VRequest(
             prompt=prompt_text, negative_prompt=negative_text or "", model=model_id, preset=preset_name or "",
             resolution=res, aspect=asp, frames=n_frames, duration_s=seconds or None, steps=n_steps, guidance=cfg,
