@@ -261,8 +261,10 @@ def _from_variant(variant: Variant, platform: str, companions: list[str], *, rea
     pins = variant.pins()
     on_pypi = (platform == "linux" and variant.cuda is not None
                and PYPI_LINUX_DEFAULT.get(variant.torch) == variant.name)
-    local = "" if on_pypi else f"+{variant.name}"
-    requirements = [f"{name}=={pins[name]}{local}" for name in ("torch", *companions)]
+    # From PyPI "===": plain "==2.11.0" would also accept "2.11.0+cpu" from an extra index in the
+    # user's pip config, and pip prefers that (a local version sorts higher).
+    local, equals = ("", "===") if on_pypi else (f"+{variant.name}", "==")
+    requirements = [f"{name}{equals}{pins[name]}{local}" for name in ("torch", *companions)]
     index_url = None if on_pypi else f"{PYTORCH_INDEX}/{variant.name}"
     if on_pypi:
         reason += f" (torch {variant.torch} from PyPI, whose Linux wheel is the {variant.name} build)"

@@ -106,7 +106,7 @@ def test_rtx3090_on_driver_535_gets_cu126():
 def test_rtx3090_on_driver_580_linux_uses_plain_pypi_whose_wheel_is_cu130():
     sel = pick(SMI_RTX3090_580, "linux")
     assert sel.variant == "cu130"
-    assert sel.pip_args() == ["torch==2.11.0"]  # no --index-url: PyPI's Linux wheel is cu130
+    assert sel.pip_args() == ["torch===2.11.0"]  # no --index-url: PyPI's Linux wheel is cu130
     assert sel.index_url is None and sel.torch_version == "2.11.0"
     assert "PyPI" in sel.reason
 
@@ -134,7 +134,7 @@ def test_rtx5090_on_r575_driver_needs_and_gets_cu128(smi, platform):
 
 def test_rtx5090_on_a_580_driver_gets_cu130():
     assert pick(SMI_RTX5090_581, "win32").variant == "cu130"
-    assert pick(SMI_RTX5090_581, "linux").pip_args() == ["torch==2.11.0"]
+    assert pick(SMI_RTX5090_581, "linux").pip_args() == ["torch===2.11.0"]
 
 
 @pytest.mark.parametrize("platform, needed", [("linux", "570.26"), ("win32", "570.65")])
@@ -306,7 +306,7 @@ if command == "uninstall":
         shutil.rmtree(path) if path.is_dir() else path.unlink()
 elif command == "install":
     for arg in rest:
-        name, _, version = arg.partition("==")
+        name, _, version = arg.replace("===", "==").partition("==")
         if name not in ("torch", "torchvision", "torchaudio") or not version:
             continue
         dist = site / f"{name}-{version}.dist-info"
@@ -427,7 +427,7 @@ class Sandbox:
         return [_drop_log_option(call) for call in calls if call[:1] != ["--version"]]
 
     def torch_install(self) -> list[str]:
-        calls = [c for c in self.pip_calls() if c[0] == "install" and any(a.startswith("torch==") for a in c)]
+        calls = [c for c in self.pip_calls() if c[0] == "install" and any(a.startswith("torch=") for a in c)]
         assert len(calls) == 1, self.pip_calls()
         return calls[0][1:]
 
@@ -512,7 +512,7 @@ def test_launcher_options_are_consumed_and_the_rest_passes_through_unchanged(box
     (SMI_GTX1080_OLD, ["torch==2.7.1+cu118", "--index-url", CU + "cu118"]),
     (SMI_RTX4090_550, ["torch==2.11.0+cu126", "--index-url", CU + "cu126"]),
     (SMI_RTX5090_LINUX, ["torch==2.11.0+cu128", "--index-url", CU + "cu128"]),
-    (SMI_RTX3090_580, ["torch==2.11.0"]),
+    (SMI_RTX3090_580, ["torch===2.11.0"]),
 ])
 def test_each_gpu_gets_the_right_torch_command(box, smi, expected):
     box.gpu(smi)
@@ -567,7 +567,7 @@ def test_update_after_a_driver_upgrade_switches_the_build(box):
     assert proc.returncode == 0, _out(proc)
     calls = box.pip_calls()
     assert calls[0] == ["uninstall", "-y", "torch", "torchvision", "torchaudio"]
-    assert calls[1] == ["install", "torch==2.11.0"]
+    assert calls[1] == ["install", "torch===2.11.0"]
     assert calls[2][:2] == ["install", "-r"] and calls[2][-1] == "--upgrade"
     assert "--update" not in box.app_runs()[0]["argv"]
 
