@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Install what the tests need (into .venv, created on first run) and run the whole suite.
+# Extra arguments go to pytest, e.g.  bash scripts/test.sh -k t2v -x
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  echo "[test] creating .venv"
+  "$PYTHON" -m venv .venv
+fi
+VPY=.venv/bin/python
+
+# torch first: keep a build that is already there (a CUDA one from start.sh), else the pinned CPU one.
+if ! "$VPY" -c "import torch" >/dev/null 2>&1; then
+  echo "[test] installing torch==2.13.0"
+  "$VPY" -m pip install --disable-pip-version-check "torch==2.13.0"
+fi
+echo "[test] installing requirements"
+"$VPY" -m pip install --disable-pip-version-check -q -r requirements.txt -r requirements-dev.txt -c constraints-ci.txt
+
+echo "[test] running pytest"
+exec "$VPY" -m pytest "$@"
