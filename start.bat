@@ -222,7 +222,7 @@ call :pause_on_error
 exit /b 1
 
 :no_logs
-call :err "Cannot create the logs folder here; is the Cinescribe folder writable?"
+echo [cinescribe] ERROR: Cannot create the logs folder here; is the Cinescribe folder writable?
 call :pause_on_error
 exit /b 1
 
