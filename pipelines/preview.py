@@ -29,11 +29,12 @@ WAN21_RGB_FACTORS = np.array(
 WAN21_RGB_BIAS = np.array([-0.1835, -0.0868, -0.3360], dtype=np.float32)
 
 
-def latents_to_rgb(latents: np.ndarray, max_frames: int = 4) -> np.ndarray:
-    """A strip of up to ``max_frames`` latent frames as one uint8 RGB image (H, W*n, 3).
+def latents_to_rgb(latents: np.ndarray, max_frames: int = 4, upscale: int = 1) -> np.ndarray:
+    """Up to ``max_frames`` latent frames as one uint8 RGB image: a 2x2 grid for four, else a strip.
 
     ``latents`` is (C, F, H, W) for one video. 16-channel latents use Wan 2.1's fitted factors; other
     channel counts use the first three channels, normalised, which still shows motion and layout.
+    ``upscale`` repeats pixels so a tiny latent stays visible.
     """
     channels, frames = latents.shape[:2]
     picks = np.unique(np.linspace(0, frames - 1, num=min(max_frames, frames)).round().astype(int))
@@ -46,5 +47,11 @@ def latents_to_rgb(latents: np.ndarray, max_frames: int = 4) -> np.ndarray:
         low, high = np.percentile(rgb, 2), np.percentile(rgb, 98)
         rgb = (rgb - low) / max(high - low, 1e-6)
     rgb = np.clip(rgb, 0.0, 1.0)
-    strip = np.concatenate(list(rgb), axis=1)  # n frames side by side
-    return (strip * 255).round().astype(np.uint8)
+    if upscale > 1:  # latents are 8x smaller than the clip: blow them up so the preview is readable
+        rgb = rgb.repeat(upscale, axis=1).repeat(upscale, axis=2)
+    tiles = list(rgb)
+    if len(tiles) == 4:  # 2x2 grid keeps the clip's aspect ratio
+        grid = np.concatenate([np.concatenate(tiles[:2], axis=1), np.concatenate(tiles[2:], axis=1)], axis=0)
+    else:
+        grid = np.concatenate(tiles, axis=1)
+    return (grid * 255).round().astype(np.uint8)

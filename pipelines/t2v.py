@@ -30,6 +30,7 @@ DEFAULT_NEGATIVE_PROMPT = (
 MAX_PROMPT_CHARS = 4000
 MAX_CLIPS = 16
 PREVIEW_UPDATES = 10  # about this many previews per clip
+PREVIEW_UPSCALE = 2  # a 480p clip previews as a 2x2 grid of 208x120 frames
 
 
 @dataclass
@@ -221,7 +222,7 @@ def run_t2v(job: Job, ctx) -> dict:
         def on_step(pipeline, step, timestep, tensors):
             preview = None
             if (step + 1) % preview_every == 0 or step + 1 == request.steps:
-                preview = latents_to_rgb(tensors["latents"][0].float().cpu().numpy())
+                preview = latents_to_rgb(tensors["latents"][0].float().cpu().numpy(), upscale=PREVIEW_UPSCALE)
             ctx.step(clock, preview=preview)
             if job.cancelled:
                 pipeline._interrupt = True  # diffusers' contract: the loop stops at the next step

@@ -57,7 +57,8 @@ def test_language_choice_and_translated_errors():
 
 def test_latent_preview_is_a_small_rgb_strip():
     latents = np.random.default_rng(0).standard_normal((16, 9, 30, 52)).astype(np.float32)
-    image = latents_to_rgb(latents)
-    assert image.dtype == np.uint8 and image.shape == (30, 52 * 4, 3)
+    image = latents_to_rgb(latents, upscale=2)
+    assert image.dtype == np.uint8 and image.shape == (2 * 60, 2 * 104, 3)  # 2x2 grid of upscaled frames
+    assert image.std() > 0
     wide = latents_to_rgb(np.random.default_rng(0).standard_normal((48, 2, 8, 8)).astype(np.float32))
-    assert wide.shape == (8, 16, 3)
+    assert wide.shape == (8, 16, 3)  # fewer than four frames: a strip

@@ -25,6 +25,23 @@ LANGUAGE_JS = """
   return lang.toLowerCase().startsWith("zh") ? "zh" : "en";
 }
 """
+# Keeps the log panel scrolled to its newest line, unless the reader scrolled up to read older ones.
+FOLLOW_LOG_JS = """
+() => {
+  setInterval(() => {
+    const box = document.querySelector("#cs-log textarea");
+    if (!box) { return; }
+    if (!box.dataset.followHooked) {
+      box.dataset.followHooked = "1";
+      box.dataset.follow = "1";
+      box.addEventListener("scroll", () => {
+        box.dataset.follow = box.scrollTop + box.clientHeight >= box.scrollHeight - 24 ? "1" : "0";
+      });
+    }
+    if (box.dataset.follow === "1") { box.scrollTop = box.scrollHeight; }
+  }, 500);
+}
+"""
 REMEMBER_LANGUAGE_JS = """
 (lang) => { try { localStorage.setItem("cinescribe-lang", lang); } catch (e) {} return lang; }
 """
@@ -54,7 +71,7 @@ def build_demo(worker, settings, controller, log_buffer=None) -> gr.Blocks:
         strip = gr.HTML(status_strip("en", worker.status()))
         with gr.Tabs():
             with translator.bind(gr.Tab("Text to video", id="t2v"), label="tab_t2v"):
-                build_t2v_tab(worker, settings, translator, lang_state)
+                language_hooks = build_t2v_tab(worker, settings, translator, lang_state)
             with translator.bind(gr.Tab("System", id="system"), label="tab_system"):
                 describe, info = build_system_tab(worker, settings, controller, translator, lang_state)
         build_live_panel(worker, log_buffer, translator, lang_state, strip)
@@ -65,10 +82,11 @@ def build_demo(worker, settings, controller, log_buffer=None) -> gr.Blocks:
             lang = normalise_language(lang)
             return [lang, lang, *translator.updates(lang)]
 
-        language.change(relabel, [language], [lang_state, language, *components], api_visibility="private",
-                        show_progress="hidden", queue=False).then(
-            None, [language], None, js=REMEMBER_LANGUAGE_JS
-        )
+        changed = language.change(relabel, [language], [lang_state, language, *components], api_visibility="private",
+                                  show_progress="hidden", queue=False)
+        changed.then(None, [language], None, js=REMEMBER_LANGUAGE_JS)
+        for fn, inputs, outputs in language_hooks:  # texts computed from values, not fixed labels
+            changed.then(fn, inputs, outputs, api_visibility="private", show_progress="hidden", queue=False)
         demo.load(lambda lang: normalise_language(lang), [language], [language], js=LANGUAGE_JS,
                   api_visibility="private", queue=False)
         demo.load(describe, None, info, api_visibility="private", queue=False)
@@ -87,6 +105,7 @@ def launch_options(settings) -> dict:
         "css": CSS,
         "allowed_paths": [str(settings.outputs_dir.resolve())],
         "footer_links": ["api", "settings"],
+        "js": FOLLOW_LOG_JS,
     }
 
 

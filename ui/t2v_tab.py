@@ -53,7 +53,8 @@ def _status(lang: str, job, position: int) -> str:
     return text
 
 
-def build_t2v_tab(worker, settings, translator: Translator, lang_state: gr.State) -> None:
+def build_t2v_tab(worker, settings, translator: Translator, lang_state: gr.State) -> list:
+    """Build the tab; returns ``(fn, inputs, outputs)`` hooks to run after a language change."""
     demo = settings.demo
     specs = models_for("t2v")
     default_spec = get_spec(DEFAULT_MODEL["t2v"])
@@ -106,13 +107,14 @@ def build_t2v_tab(worker, settings, translator: Translator, lang_state: gr.State
                 generate = translator.bind(gr.Button("Generate", variant="primary", elem_id="t2v-generate"), value="generate")
                 stop = translator.bind(gr.Button("Stop", variant="stop", elem_id="t2v-stop"), value="stop")
         with gr.Column(scale=4):
-            status = gr.Markdown(t("en", "status_idle"), elem_id="t2v-status")
+            status = gr.Markdown("", elem_id="t2v-status")
             preview = translator.bind(gr.Image(label="Preview", type="numpy", height=140, interactive=False), label="preview")
             video = translator.bind(gr.Video(label="Clip", interactive=False, elem_id="t2v-video", autoplay=True, loop=True),
                                     label="video")
-            used_seed = translator.bind(gr.Number(label="Seed used", interactive=False, precision=0), label="used_seed")
+            used_seed = translator.bind(gr.Textbox(label="Seed used", interactive=False), label="used_seed")
             files = translator.bind(gr.File(label="Files", file_count="multiple", interactive=False), label="files")
-            recorded = translator.bind(gr.Code(label="Settings", language="json", interactive=False), label="job_settings")
+            with translator.bind(gr.Accordion("Settings", open=False), label="job_settings"):
+                recorded = gr.Code(language="json", interactive=False, max_lines=24, show_label=False)
     job_id = gr.State("")
 
     # --- presets and size -----------------------------------------------------------------------------
@@ -134,11 +136,12 @@ def build_t2v_tab(worker, settings, translator: Translator, lang_state: gr.State
     model.input(on_model, [model, lang_state], [preset, resolution, frames, steps, guidance, shift, fps],
                 api_visibility="private")
     preset.input(on_preset, [model, preset], [resolution, frames, steps, guidance, shift], api_visibility="private")
-    for component in (model, resolution, aspect, frames, fps, lang_state):
-        component.change(
-            lambda m, r, a, f, s, lang: size_note(lang, m, r, a, f, s, demo),
-            [model, resolution, aspect, frames, fps, lang_state], note, api_visibility="private", show_progress="hidden",
-        )
+    def note_for(m, r, a, f, s, lang):
+        return size_note(lang, m, r, a, f, s, demo)
+
+    note_inputs = [model, resolution, aspect, frames, fps, lang_state]
+    for component in (model, resolution, aspect, frames, fps):
+        component.change(note_for, note_inputs, note, api_visibility="private", show_progress="hidden")
 
     # --- the job --------------------------------------------------------------------------------------
 
@@ -156,7 +159,7 @@ def build_t2v_tab(worker, settings, translator: Translator, lang_state: gr.State
         except RequestError as error:
             raise gr.Error(error_text(lang, error.key, error.params, str(error)))
         skip = gr.skip()
-        yield _status(lang, job, worker.position(job)), job.id, None, skip, skip, t2v_request.seed, skip
+        yield _status(lang, job, worker.position(job)), job.id, None, skip, skip, str(t2v_request.seed), skip
         seen, shown_preview = -1, None
         while not job.state.finished:
             seen = job.wait_for_change(seen, timeout=POLL_SECONDS * 4)
@@ -176,7 +179,7 @@ def build_t2v_tab(worker, settings, translator: Translator, lang_state: gr.State
                     folder=str(Path(last["video"]).parent))
         if result.get("notes"):
             message += "\n\n" + "\n".join(f"- {n}" for n in result["notes"])
-        yield message, "", skip, last["video"], outputs, last["seed"], sidecar
+        yield message, "", skip, last["video"], outputs, str(last["seed"]), sidecar
 
     generate.click(
         run,
@@ -193,3 +196,4 @@ def build_t2v_tab(worker, settings, translator: Translator, lang_state: gr.State
         return worker.cancel(current_job_id) if current_job_id else False
 
     stop.click(cancel, [job_id], None, api_name="cancel", queue=False)
+    return [(note_for, note_inputs, [note])]
