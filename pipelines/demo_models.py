@@ -109,6 +109,26 @@ BUILDERS = {
     "wan-t2v": lambda: build_wan_t2v(two_experts=False),
     "wan-t2v-moe": lambda: build_wan_t2v(two_experts=True),
 }
+# Modules with more builders (``BUILDERS`` dicts of their own), one per task, imported on demand.
+_BUILDER_MODULES = ("pipelines.demo_i2v", "pipelines.demo_asr")
+
+
+def _builder(kind: str):
+    """The function that builds the tiny model ``kind``; returns an object with ``save_pretrained``."""
+    if kind in BUILDERS:
+        return BUILDERS[kind]
+    import importlib
+
+    for name in _BUILDER_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as error:
+            if error.name != name:
+                raise
+            continue
+        if kind in module.BUILDERS:
+            return module.BUILDERS[kind]
+    raise ValueError(f"No demo model {kind!r}.")
 
 
 def ensure_demo_model(kind: str, root: Path) -> Path:
@@ -117,8 +137,7 @@ def ensure_demo_model(kind: str, root: Path) -> Path:
     The folder is written under a temporary name and renamed into place, so a crash never leaves a
     half-saved model that later loads would trip over.
     """
-    if kind not in BUILDERS:
-        raise ValueError(f"No demo model {kind!r}; known: {', '.join(BUILDERS)}.")
+    build = _builder(kind)
     folder = Path(root) / kind
     stamp = folder / "cinescribe_demo.json"
     if stamp.is_file():
@@ -131,7 +150,7 @@ def ensure_demo_model(kind: str, root: Path) -> Path:
     logger.info("Building the tiny demo model %r in %s", kind, folder)
     staging = Path(tempfile.mkdtemp(prefix=f".{kind}-", dir=root))
     try:
-        BUILDERS[kind]().save_pretrained(staging)
+        build().save_pretrained(staging)
         (staging / "cinescribe_demo.json").write_text(
             json.dumps({"kind": kind, "version": BUILD_VERSION, "random_weights": True}), encoding="utf-8"
         )

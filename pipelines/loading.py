@@ -139,3 +139,12 @@ def load_video_pipeline(spec: ModelSpec, settings: Settings, device: str, dtype:
         device=device,
         dtype=dtype,
     )
+
+
+def load_model(spec: ModelSpec, settings: Settings, device: str, dtype: str) -> LoadedModel:
+    """Load any catalogue model: diffusers video pipelines here, Whisper in ``pipelines.asr``."""
+    if spec.task == "asr":
+        from .asr import load_asr_model
+
+        return load_asr_model(spec, settings, device, dtype)
+    return load_video_pipeline(spec, settings, device, dtype)

@@ -10,6 +10,7 @@ import collections
 import concurrent.futures
 import contextlib
 import dataclasses
+import importlib
 import logging
 import platform
 import threading
@@ -19,11 +20,11 @@ from collections.abc import Callable
 from typing import Any
 
 from .jobs import Job, JobCancelled, JobState, RequestError, StepClock
-from .loading import LoadedModel, load_video_pipeline
+from .loading import LoadedModel, load_model
 from .manager import ModelManager
 from .memory import PeakTracker, free_memory, gib, is_out_of_memory, read_memory
 from .registry import DEFAULT_MODEL, ModelSpec, get_spec
-from .settings import Settings
+from .settings import TASKS, Settings
 
 logger = logging.getLogger(__name__)
 
@@ -31,10 +32,18 @@ TaskHandler = Callable[[Job, "TaskContext"], Any]
 _FINISHED_KEPT = 200
 
 
-def default_handlers() -> dict[str, TaskHandler]:
-    from .t2v import run_t2v
+def _task_runner(task: str) -> TaskHandler:
+    """``pipelines.<task>.run_<task>``, imported when the first job of that task runs."""
 
-    return {"t2v": run_t2v}
+    def run(job: Job, ctx: TaskContext) -> Any:
+        module = importlib.import_module(f"{__package__}.{task}")
+        return getattr(module, f"run_{task}")(job, ctx)
+
+    return run
+
+
+def default_handlers() -> dict[str, TaskHandler]:
+    return {task: _task_runner(task) for task in TASKS}
 
 
 class TaskContext:
@@ -269,7 +278,7 @@ class GPUWorker:
         return 64 * 2**20 if self.settings.demo else int(spec.vram_gb * 2**30)
 
     def _load_model(self, spec: ModelSpec) -> LoadedModel:
-        return load_video_pipeline(spec, self.settings, self.device, self.dtype)
+        return load_model(spec, self.settings, self.device, self.dtype)
 
     def _handle_control(self, kind: str, payload: Any, future: concurrent.futures.Future) -> None:
         try:

@@ -190,6 +190,21 @@ STRINGS: dict[str, dict[str, str]] = {
 }
 
 
+def _add_tables() -> None:
+    """Each tab may keep its texts in a module of its own (``ui/strings_<task>.py``); merge them in."""
+    from . import strings_asr, strings_i2v
+
+    for table in (strings_i2v.STRINGS, strings_asr.STRINGS):
+        for lang, texts in table.items():
+            clash = set(texts) & set(STRINGS[lang])
+            if clash:
+                raise ValueError(f"UI text keys defined twice: {sorted(clash)}")
+            STRINGS[lang].update(texts)
+
+
+_add_tables()
+
+
 def normalise_language(code: str | None) -> str:
     """``zh-CN``, ``zh-Hans``, ``zh`` -> ``zh``; anything else -> ``en``."""
     return "zh" if str(code or "").lower().startswith("zh") else "en"
