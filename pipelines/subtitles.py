@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from dataclasses import dataclass, field
 
 READING_SECONDS_PER_CHAR = 0.06  # used only to guess the end of a segment Whisper left open
@@ -98,7 +99,7 @@ def tidy_segments(segments: list[Segment], duration: float) -> list[Segment]:
     30-second windows are merged, start a segment slightly before the previous one ends.
     """
     duration = max(0.0, float(duration))
-    kept = [Segment(s.start, s.end, " ".join(s.text.split()), list(s.words)) for s in segments]
+    kept = [Segment(s.start, s.end, clean_text(s.text), list(s.words)) for s in segments]
     kept = [s for s in kept if s.text]
     tidy: list[Segment] = []
     for index, segment in enumerate(kept):
@@ -123,15 +124,22 @@ def tidy_segments(segments: list[Segment], duration: float) -> list[Segment]:
     return tidy
 
 
+def clean_text(text: str) -> str:
+    """One line of text: control characters dropped, runs of white space made one space."""
+    return " ".join("".join(" " if unicodedata.category(c) == "Cc" else c for c in str(text)).split())
+
+
 def _tidy_words(words: list[Word], start: float, end: float) -> list[Word]:
     result: list[Word] = []
     for word in words:
-        if not word.text.strip():
+        text = clean_text(word.text)
+        if not text:
             continue
+        text = (" " if word.text[:1].isspace() else "") + text
         previous = result[-1].end if result else start
         w_start = min(max(float(word.start), previous, start), end)
         w_end = min(max(float(word.end), w_start), end)
-        result.append(Word(w_start, w_end, word.text))
+        result.append(Word(w_start, w_end, text))
     return result
 
 
@@ -258,6 +266,8 @@ def segments_to_cues(segments: list[Segment], rules: SubtitleRules = SubtitleRul
         if current:
             groups.append(current)
         for group in groups:
+            if not _join(group).strip():
+                continue
             start = group[0].start
             end = min(max(group[-1].end, start), start + rules.max_cue_seconds)
             cues.append(Cue(start, end, wrap_balanced(group, rules.max_line_chars)))
