@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gradio as gr
 
+from .asr_tab import build_asr_tab
 from .i18n import LANGUAGES, STRINGS, Translator, normalise_language, t
 from .live_panel import build_live_panel, status_strip
 from .system_tab import build_system_tab
@@ -72,6 +73,8 @@ def build_demo(worker, settings, controller, log_buffer=None) -> gr.Blocks:
         with gr.Tabs():
             with translator.bind(gr.Tab("Text to video", id="t2v"), label="tab_t2v"):
                 language_hooks = build_t2v_tab(worker, settings, translator, lang_state)
+            with translator.bind(gr.Tab("Speech to text", id="asr"), label="asr_tab"):
+                language_hooks += build_asr_tab(worker, settings, translator, lang_state)
             with translator.bind(gr.Tab("System", id="system"), label="tab_system"):
                 describe, info = build_system_tab(worker, settings, controller, translator, lang_state)
         build_live_panel(worker, log_buffer, translator, lang_state, strip)
