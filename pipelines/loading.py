@@ -110,13 +110,23 @@ def load_video_pipeline(spec: ModelSpec, settings: Settings, device: str, dtype:
     import diffusers
     import torch
 
-    folder, revision = resolve_source(spec, settings)
     started = time.perf_counter()
-    pipeline_class = getattr(diffusers, spec.pipeline_class)
-    # The VAE stays in fp32 as Wan's authors recommend; everything else in the chosen dtype.
-    torch_dtype = {"default": _torch_dtype(dtype), "vae": torch.float32}
-    pipe = pipeline_class.from_pretrained(folder, dtype=torch_dtype)
-    if spec.lora_repo_id and not settings.demo:
+    if settings.random_weights:
+        from .random_weights import build_random_pipeline
+
+        folder, revision = "random weights", "random weights (real architecture)"
+        build_on = device if settings.offload == "none" else "cpu"
+        pipe = build_random_pipeline(spec.id, build_on, _torch_dtype(dtype), vae_dtype=torch.float32)
+    else:
+        folder, revision = resolve_source(spec, settings)
+        started = time.perf_counter()
+        pipeline_class = getattr(diffusers, spec.pipeline_class)
+        # The VAE stays in fp32 as Wan's authors recommend (an entry may name other components, or none);
+        # everything else in the chosen dtype.
+        fp32 = spec.extra.get("fp32_components", ("vae",))
+        torch_dtype = {"default": _torch_dtype(dtype), **{name: torch.float32 for name in fp32}}
+        pipe = pipeline_class.from_pretrained(folder, dtype=torch_dtype)
+    if spec.lora_repo_id and not (settings.demo or settings.random_weights):
         logger.info("Fusing LoRA %s/%s into %s", spec.lora_repo_id, spec.lora_weight_name, spec.title)
         pipe.load_lora_weights(spec.lora_repo_id, weight_name=spec.lora_weight_name, local_files_only=True)
         pipe.fuse_lora()

@@ -31,6 +31,7 @@ class Settings:
     gpu_memory_gb: float | None = None
     preload: tuple[str, ...] = ()
     demo: bool = False
+    random_weights: bool = False  # benchmarks: real architectures, random weights (pipelines/random_weights.py)
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:

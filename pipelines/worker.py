@@ -186,6 +186,10 @@ class GPUWorker:
         """Drop every resident model between jobs; returns the measured result once it has happened."""
         return self._control("release", None).result(timeout)
 
+    def run_exclusive(self, fn: Callable[[], Any], timeout: float | None = None) -> Any:
+        """Run ``fn`` on the worker thread between jobs (it may use the device) and return its result."""
+        return self._control("call", fn).result(timeout)
+
     def preload(self, tasks: tuple[str, ...]) -> concurrent.futures.Future:
         return self._control("preload", tasks)
 
@@ -286,6 +290,8 @@ class GPUWorker:
                 report = self.models.release_all()
                 self._refresh_status()  # the page shows the new state as soon as the answer arrives
                 future.set_result(report)
+            elif kind == "call":
+                future.set_result(payload())
             elif kind == "preload":
                 for task in payload:
                     if task in DEFAULT_MODEL:

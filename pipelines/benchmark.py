@@ -1,0 +1,445 @@
+"""Reproducible numbers: named workloads run through the app's own GPU worker, timed and measured.
+
+Each workload is a task request (the same as the page sends). For every workload: a warm-up run
+(reported on its own) and ``repeat`` timed runs; wall time end to end, time per stage from the
+sidecars, seconds per step, peak VRAM (torch allocator and NVML), GPU utilisation sampled during the
+run (NVML, as ``nvidia-smi dmon`` shows it), and the host's peak RSS. ``baseline`` runs the same
+workload as the plain library call in the same process, so every speed-up claimed has its ratio.
+Results go to ``outputs/benchmarks/<time>_benchmark.{md,json}``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import logging
+import os
+import platform
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .jobs import JobState
+from .registry import DEFAULT_MODEL, get_spec, models_for
+from .t2v import T2VRequest, presets_for
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_SECONDS = 0.1
+
+
+@dataclasses.dataclass
+class Workload:
+    name: str
+    task: str
+    model: str
+    request: Any
+    steps: int | None = None
+    shape: str = ""  # "832x480, 81 frames" for the table
+
+
+def t2v_workloads(model_id: str | None, demo: bool) -> list[Workload]:
+    spec = get_spec(model_id or DEFAULT_MODEL["t2v"])
+    workloads = []
+    for preset in presets_for(spec, demo):
+        request = T2VRequest(
+            prompt="A person walking forward naturally, cinematic",
+            model=spec.id,
+            preset=preset.name,
+            resolution=preset.resolution,
+            frames=preset.frames,
+            steps=preset.steps,
+            guidance=preset.guidance,
+            shift=preset.shift,
+            seed=1234,
+        )
+        workloads.append(Workload(f"t2v {spec.id} {preset.name}", "t2v", spec.id, request, preset.steps))
+    return workloads
+
+
+# Which workloads each task contributes; a task module can add its own here.
+WORKLOADS: dict[str, Callable[[str | None, bool], list[Workload]]] = {"t2v": t2v_workloads}
+
+
+# --- measuring --------------------------------------------------------------------------------------
+
+
+class Sampler:
+    """Samples GPU utilisation and memory (NVML) and host RSS in a thread while a run goes on."""
+
+    def __init__(self, gpu_index: int = 0):
+        import psutil
+
+        self._process = psutil.Process()
+        self._nvml = None
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self._nvml = pynvml
+            self._handle = pynvml.nvmlDeviceGetHandleByIndex(gpu_index)
+        except Exception:  # no NVIDIA driver: CPU-only figures
+            self._nvml = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.utilisation: list[float] = []
+        self.nvml_used: list[int] = []
+        self.rss: list[int] = []
+
+    def _sample(self) -> None:
+        self.rss.append(self._process.memory_info().rss)
+        if self._nvml is not None:
+            self.utilisation.append(float(self._nvml.nvmlDeviceGetUtilizationRates(self._handle).gpu))
+            self.nvml_used.append(int(self._nvml.nvmlDeviceGetMemoryInfo(self._handle).used))
+
+    def _loop(self) -> None:
+        while not self._stop.wait(SAMPLE_SECONDS):
+            self._sample()
+
+    def __enter__(self) -> Sampler:
+        self._sample()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+    def summary(self) -> dict:
+        gib = 2**30
+        return {
+            "gpu_util_mean": round(statistics.fmean(self.utilisation), 1) if self.utilisation else None,
+            "gpu_util_min": min(self.utilisation) if self.utilisation else None,
+            "nvml_peak_gib": round(max(self.nvml_used) / gib, 2) if self.nvml_used else None,
+            "rss_peak_gib": round(max(self.rss) / gib, 2) if self.rss else None,
+        }
+
+
+def _stats(values: list[float]) -> dict:
+    if not values:
+        return {"mean": None, "min": None, "max": None}
+    return {"mean": round(statistics.fmean(values), 3), "min": round(min(values), 3), "max": round(max(values), 3)}
+
+
+def _run_once(worker, workload: Workload) -> dict:
+    with Sampler() as sampler:
+        started = time.perf_counter()
+        job = worker.submit(workload.task, dataclasses.replace(workload.request) if dataclasses.is_dataclass(workload.request) else workload.request)
+        seen = -1
+        while not job.state.finished:
+            seen = job.wait_for_change(seen, 1.0)
+        wall = time.perf_counter() - started
+    run = {"wall_s": round(wall, 3), "state": job.state.value, **sampler.summary()}
+    if job.state != JobState.DONE:
+        run["error"] = job.error
+        return run
+    outputs = job.result.get("clips") or job.result.get("files") or []
+    sidecar_file = outputs[0].get("sidecar") if outputs else None
+    if sidecar_file:
+        sidecar = json.loads(Path(sidecar_file).read_text(encoding="utf-8"))
+        run["stages_s"] = sidecar.get("timings_s", {})
+        run["peak_alloc_gib"] = sidecar.get("peak_memory_gib")
+        run["peak_kind"] = sidecar.get("peak_memory_kind")
+    return run
+
+
+def run_workload(worker, workload: Workload, repeat: int, tick: Callable[[], None] = lambda: None) -> dict:
+    """Warm-up plus ``repeat`` timed runs of one workload through the worker."""
+    warmup = _run_once(worker, workload)
+    tick()
+    result: dict[str, Any] = {"name": workload.name, "task": workload.task, "model": workload.model,
+                              "request": _plain(workload.request), "steps": workload.steps, "warmup": warmup, "runs": []}
+    if warmup["state"] != "done":
+        result["error"] = warmup.get("error")
+        return result
+    for _ in range(repeat):
+        run = _run_once(worker, workload)
+        result["runs"].append(run)
+        tick()
+        if run["state"] != "done":
+            result["error"] = run.get("error")
+            break
+    done = [r for r in result["runs"] if r["state"] == "done"]
+    result["wall_s"] = _stats([r["wall_s"] for r in done])
+    stage_names = sorted({name for r in done for name in r.get("stages_s", {})})
+    result["stages_s"] = {name: _stats([r["stages_s"].get(name, 0.0) for r in done]) for name in stage_names}
+    denoise = result["stages_s"].get("denoise", {}).get("mean")
+    result["s_per_step"] = round(denoise / workload.steps, 4) if denoise and workload.steps else None
+    result["peak_alloc_gib"] = max((r.get("peak_alloc_gib") or 0 for r in done), default=None)
+    result["peak_kind"] = done[0].get("peak_kind") if done else None
+    result["nvml_peak_gib"] = max((r["nvml_peak_gib"] for r in done if r.get("nvml_peak_gib")), default=None)
+    utils = [r["gpu_util_mean"] for r in done if r.get("gpu_util_mean") is not None]
+    result["gpu_util_mean"] = round(statistics.fmean(utils), 1) if utils else None
+    mins = [r["gpu_util_min"] for r in done if r.get("gpu_util_min") is not None]
+    result["gpu_util_min"] = min(mins) if mins else None
+    result["rss_peak_gib"] = max((r["rss_peak_gib"] for r in done if r.get("rss_peak_gib")), default=None)
+    result["load_s"] = warmup.get("stages_s", {}).get("load")
+    return result
+
+
+def _plain(value: Any) -> Any:
+    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+
+
+# --- the plain library call -------------------------------------------------------------------------
+
+
+def baseline_t2v(settings, device: str, dtype: str, workload: Workload, repeat: int) -> dict:
+    """The same clip with diffusers' defaults: ``from_pretrained(...).to(device)`` and one ``pipe(...)`` call."""
+    import diffusers
+    import numpy as np
+    import torch
+
+    from .loading import _torch_dtype, resolve_source
+    from .media import write_mp4
+    from .t2v import validate_t2v
+
+    spec = get_spec(workload.model)
+    request = validate_t2v(workload.request, demo=settings.demo)
+    started = time.perf_counter()
+    if settings.random_weights:
+        from .random_weights import build_random_pipeline
+
+        pipe = build_random_pipeline(spec.id, device, _torch_dtype(dtype))
+    else:
+        folder, _ = resolve_source(spec, settings)
+        pipe = getattr(diffusers, spec.pipeline_class).from_pretrained(folder, torch_dtype=_torch_dtype(dtype)).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    load_s = time.perf_counter() - started
+    times = []
+    out_dir = Path(settings.outputs_dir) / "benchmarks" / "baseline"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for index in range(repeat + 1):  # the first is the warm-up
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        frames = pipe(
+            prompt=request.prompt,
+            negative_prompt=request.negative_prompt,
+            height=request.height,
+            width=request.width,
+            num_frames=request.frames,
+            num_inference_steps=request.steps,
+            guidance_scale=request.guidance,
+            generator=torch.Generator("cpu").manual_seed(request.seed),
+        ).frames[0]
+        write_mp4((np.clip(frames, 0, 1) * 255).round().astype(np.uint8), out_dir / f"baseline_{index}.mp4", request.fps)
+        if index:
+            times.append(time.perf_counter() - started)
+    del pipe
+    from .memory import free_memory
+
+    free_memory(device)
+    return {"load_s": round(load_s, 3), "wall_s": _stats(times)}
+
+
+BASELINES = {"t2v": baseline_t2v}
+
+
+# --- the whole run ----------------------------------------------------------------------------------
+
+
+def platform_info(worker) -> dict:
+    import importlib.metadata
+
+    info = {
+        "os": platform.platform(),
+        "wsl": "microsoft" in platform.release().lower(),
+        "python": sys.version.split()[0],
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        **{name: _version(importlib.metadata, name) for name in ("torch", "diffusers", "transformers", "gradio")},
+        "device": worker.device,
+        "gpu": worker.device_name if worker.device.startswith("cuda") else None,
+        "cuda": worker.environment.get("cuda"),
+        "dtype": worker.dtype,
+        "cuda_init_s": round(worker.cuda_init_seconds, 3) if worker.cuda_init_seconds else None,
+    }
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        driver = pynvml.nvmlSystemGetDriverVersion()
+        info["driver"] = driver.decode() if isinstance(driver, bytes) else driver
+    except Exception:
+        info["driver"] = None
+    return info
+
+
+def _version(metadata, name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def cold_start_seconds(demo: bool, timeout: float = 300.0) -> float | None:
+    """Seconds from ``python app.py`` to the first page served (a fresh process on a free port)."""
+    import socket
+    import subprocess
+    import tempfile
+    import urllib.request
+
+    root = Path(__file__).resolve().parents[1]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with tempfile.TemporaryDirectory() as scratch:
+        command = [sys.executable, str(root / "app.py"), "--port", str(port), "--outputs", str(Path(scratch) / "out"),
+                   "--data-dir", str(Path(scratch) / "data")] + (["--demo"] if demo else [])
+        started = time.perf_counter()
+        process = subprocess.Popen(command, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            while time.perf_counter() - started < timeout and process.poll() is None:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as response:
+                        if response.status == 200:
+                            return round(time.perf_counter() - started, 3)
+                except OSError:
+                    time.sleep(0.1)
+            return None
+        finally:
+            process.terminate()
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def soak(worker, workloads: list[Workload], count: int, tick: Callable[[], None] = lambda: None) -> dict:
+    """``count`` jobs back to back, cycling through the workloads; counts outcomes and memory drift."""
+    from .memory import read_memory
+
+    start = read_memory(worker.device)
+    counts = {"succeeded": 0, "failed": 0, "out_of_memory": 0, "recovered": 0}
+    previous_failed = False
+    for index in range(count):
+        run = _run_once(worker, workloads[index % len(workloads)])
+        tick()
+        if run["state"] == "done":
+            counts["succeeded"] += 1
+            counts["recovered"] += previous_failed
+            previous_failed = False
+        else:
+            counts["failed"] += 1
+            counts["out_of_memory"] += "out of gpu memory" in run.get("error", "").lower()
+            previous_failed = True
+    end = read_memory(worker.device)
+    gib = 2**30
+    return {**counts, "jobs": count, "memory_start_gib": round(start.process / gib, 3),
+            "memory_end_gib": round(end.process / gib, 3), "memory_kind": "VRAM (allocator)" if worker.device.startswith("cuda") else "RSS"}
+
+
+def write_report(report: dict, folder: Path) -> tuple[Path, Path]:
+    from .outputs import write_atomic, write_json_atomic
+
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = folder / f"{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}_benchmark"
+    json_path = write_json_atomic(stem.with_suffix(".json"), report)
+    markdown = render_markdown(report)
+    md_path = write_atomic(json_path.with_suffix(".md"), lambda temp: temp.write_text(markdown, encoding="utf-8"))
+    return md_path, json_path
+
+
+def _cell(value, digits: int = 2) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def render_markdown(report: dict) -> str:
+    p = report["platform"]
+    lines = [
+        f"# Cinescribe benchmark, {report['created']}",
+        "",
+        f"- Mode: **{report['mode']}**" + (" (real architectures, random weights: timings are real, output is noise)"
+                                          if report["mode"] == "random-weights" else
+                                          " (tiny random models: app overhead only)" if report["mode"] == "demo" else ""),
+        f"- Machine: {p.get('gpu') or p.get('cpu')} · {p['os']}{' (WSL)' if p.get('wsl') else ''} · "
+        f"driver {p.get('driver') or '–'} · CUDA {p.get('cuda') or '–'}",
+        f"- Software: Python {p['python']} · torch {p['torch']} · diffusers {p['diffusers']} · "
+        f"transformers {p['transformers']} · dtype {p['dtype']}",
+        f"- Runs: {report['repeat']} timed after one warm-up · app cold start to first page "
+        f"{_cell(report.get('cold_start_s'))} s · CUDA init {_cell(p.get('cuda_init_s'))} s",
+        f"- Command: `{report['command']}`",
+        "",
+        "| workload | mean s | min s | max s | s/step | load s | text enc s | denoise s | decode s | mp4 s "
+        "| peak VRAM alloc / NVML GiB | GPU util mean / min % | host RSS GiB | baseline mean s | speed-up |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for w in report["workloads"]:
+        if w.get("error") and not w.get("wall_s"):
+            lines.append(f"| {w['name']} | failed: {w['error'][:80]} |" + " |" * 14)
+            continue
+        stages = w.get("stages_s", {})
+        base = w.get("baseline", {}).get("wall_s", {}).get("mean") if w.get("baseline") else None
+        ratio = round(base / w["wall_s"]["mean"], 2) if base and w["wall_s"]["mean"] else None
+        lines.append(
+            "| " + " | ".join([
+                w["name"], _cell(w["wall_s"]["mean"]), _cell(w["wall_s"]["min"]), _cell(w["wall_s"]["max"]),
+                _cell(w.get("s_per_step"), 3), _cell(w.get("load_s")),
+                *(_cell(stages.get(name, {}).get("mean")) for name in ("text_encode", "denoise", "decode", "encode")),
+                f"{_cell(w.get('peak_alloc_gib'))} / {_cell(w.get('nvml_peak_gib'))}",
+                f"{_cell(w.get('gpu_util_mean'), 0)} / {_cell(w.get('gpu_util_min'), 0)}",
+                _cell(w.get("rss_peak_gib")), _cell(base), f"{_cell(ratio)}x" if ratio else "–",
+            ]) + " |"
+        )
+    if report.get("soak"):
+        s = report["soak"]
+        lines += ["", f"Soak: {s['jobs']} jobs: {s['succeeded']} succeeded, {s['failed']} failed "
+                      f"({s['out_of_memory']} out of memory), {s['recovered']} recovered; {s['memory_kind']} "
+                      f"{s['memory_start_gib']} → {s['memory_end_gib']} GiB."]
+    lines += ["", "Speed-up = baseline mean / our mean (the plain library call: `from_pretrained(...).to(device)`, "
+              "one `pipe(...)` call and the mp4 write, in the same process)." if report.get("baseline") else ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def run_benchmark(worker, settings, workloads: list[Workload], repeat: int, baseline: bool = False,
+                  soak_jobs: int = 0, cold_start: bool = True, command: str = "", progress=None) -> dict:
+    """Run everything and return the report (the caller writes it)."""
+    total = len(workloads) * (repeat + 1) + soak_jobs
+    tick = progress.update if progress is not None else (lambda *_: None)
+    report: dict[str, Any] = {
+        "created": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "mode": "demo" if settings.demo else "random-weights" if settings.random_weights else "real weights",
+        "repeat": repeat,
+        "baseline": baseline,
+        "command": command,
+        "platform": platform_info(worker),
+        "cold_start_s": cold_start_seconds(settings.demo) if cold_start else None,
+        "workloads": [],
+    }
+    for workload in workloads:
+        logger.info("Benchmark: %s", workload.name)
+        result = run_workload(worker, workload, repeat, lambda: tick(1))
+        if baseline and workload.task in BASELINES and not result.get("error"):
+            worker.release_vram(timeout=3600)  # the plain call gets the whole device, as it would alone
+            result["baseline"] = worker.run_exclusive(
+                lambda: BASELINES[workload.task](settings, worker.device, worker.dtype, workload, repeat)
+            )
+        report["workloads"].append(result)
+    if soak_jobs:
+        report["soak"] = soak(worker, workloads, soak_jobs, lambda: tick(1))
+    report["total_runs"] = total
+    return report
+
+
+def standard_workloads(demo: bool, tasks: tuple[str, ...] = ("t2v",), model: str | None = None) -> list[Workload]:
+    workloads = []
+    for task in tasks:
+        if task not in WORKLOADS:
+            raise ValueError(f"No benchmark workloads for {task!r}; available: {', '.join(WORKLOADS)}.")
+        workloads += WORKLOADS[task](model if model and get_spec(model).task == task else None, demo)
+    return workloads
+
+
+__all__ = ["Workload", "run_benchmark", "standard_workloads", "write_report", "render_markdown", "models_for"]
