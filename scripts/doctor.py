@@ -244,10 +244,12 @@ def check_platform() -> list[Check]:
     return checks
 
 
-def run_checks(host: str = "127.0.0.1", port: int = 7860, outputs: Path = ROOT / "outputs") -> list[Check]:
+def run_checks(host: str = "127.0.0.1", port: int | None = 7860, outputs: Path = ROOT / "outputs") -> list[Check]:
+    """Every check; ``port=None`` skips the port (the running app asks, and holds its own port)."""
     from huggingface_hub.constants import HF_HUB_CACHE
 
-    checks = [check_python(), *check_torch(), *check_gpu(), check_ffmpeg(), check_port(host, port),
+    port_checks = [check_port(host, port)] if port is not None else []
+    checks = [check_python(), *check_torch(), *check_gpu(), check_ffmpeg(), *port_checks,
               check_disk("outputs", outputs), check_disk("HF cache", Path(HF_HUB_CACHE)), *check_models(),
               *check_accelerators(), *check_platform()]
     return checks
@@ -270,9 +272,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--outputs", type=Path, default=ROOT / "outputs")
+    parser.add_argument("--no-port", action="store_true", help="skip the port check")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    checks = run_checks(args.host, args.port, args.outputs)
+    checks = run_checks(args.host, None if args.no_port else args.port, args.outputs)
     if args.json:
         print(json.dumps([dataclasses.asdict(c) for c in checks], indent=2, ensure_ascii=False))
     else:

@@ -89,3 +89,23 @@ def test_restart_exits_with_the_launcher_code(tmp_path, data_dir):
         pytest.fail("the app did not exit after /restart:\n" + app.log.read_text(encoding="utf-8"))
     finally:
         stop_app(app)
+
+
+def test_doctor_runs_from_the_page(client):
+    table = client.predict(api_name="/doctor")
+    assert "| ✅ OK | Python |" in table
+    assert "ffmpeg" in table
+    assert "Port" not in table  # the app holds its own port; that check is for before starting
+
+
+def test_system_tab_shows_the_newest_benchmark(tmp_path):
+    from pipelines.settings import Settings
+    from ui.system_tab import last_benchmark
+
+    settings = Settings(outputs_dir=tmp_path)
+    assert last_benchmark(settings) == ""
+    folder = tmp_path / "benchmarks"
+    folder.mkdir()
+    (folder / "20260101-000000_benchmark.md").write_text("old", encoding="utf-8")
+    (folder / "20260102-000000_benchmark.md").write_text("new", encoding="utf-8")
+    assert last_benchmark(settings) == "new"

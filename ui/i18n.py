@@ -99,6 +99,15 @@ STRINGS: dict[str, dict[str, str]] = {
         "err_oom": "Out of GPU memory. Try fewer frames or a lower resolution, or start with --offload model "
         "and --vae-tiling; Release VRAM frees models kept from earlier jobs.",
         "err_restarting": "The app is restarting; try again in a moment.",
+        "doctor_run": "Run checks",
+        "doctor_header": "**Checks** (the same as `python scripts/doctor.py`)",
+        "doctor_failed": "The checks could not run: {error}",
+        "benchmark_run": "Run the standard benchmark",
+        "benchmark_info": "Times each preset through the app's own queue (after the jobs already waiting) and "
+        "writes a table to outputs/benchmarks. `python scripts/benchmark.py --help` has more.",
+        "benchmark_running": "Benchmark running: {done}/{total} runs…",
+        "benchmark_busy": "A benchmark is already running.",
+        "benchmark_failed": "The benchmark failed; the log says why.",
     },
     "zh": {
         "title": "Cinescribe",
@@ -186,6 +195,15 @@ STRINGS: dict[str, dict[str, str]] = {
         "err_oom": "GPU 显存不足。请减少帧数或降低分辨率，或使用 --offload model 和 --vae-tiling 启动；"
         "“释放显存”可卸载之前任务留下的模型。",
         "err_restarting": "应用正在重启，请稍后再试。",
+        "doctor_run": "运行检查",
+        "doctor_header": "**检查结果**（与 `python scripts/doctor.py` 相同）",
+        "doctor_failed": "检查无法运行：{error}",
+        "benchmark_run": "运行标准基准测试",
+        "benchmark_info": "通过应用自己的队列（排在已有任务之后）测量每个预设的耗时，"
+        "并把表格写入 outputs/benchmarks。更多选项见 `python scripts/benchmark.py --help`。",
+        "benchmark_running": "基准测试进行中：{done}/{total} 次运行…",
+        "benchmark_busy": "已有基准测试在运行。",
+        "benchmark_failed": "基准测试失败；原因见日志。",
     },
 }
 
