@@ -346,15 +346,16 @@ class _Transcriber:
         size = max(1, min(MAX_AUTO_BATCH_SIZE, free // self._item_bytes()))
         return int(size), f"from free VRAM ({free / 2**30:.1f} GiB after a 1 GiB reserve)"
 
-    def _out_of_memory(self, name: str, record: list[dict], message: str) -> None:
-        """After a CUDA out-of-memory: halve the batch, else move to the CPU, else give up on this file."""
+    def _out_of_memory(self, name: str, record: list[dict], message: str, size: int) -> None:
+        """After a CUDA out-of-memory with ``size`` windows at once: halve that, else move to the CPU, else give
+        up on this file."""
         from .memory import free_memory
 
         free_memory(self.device)
-        if self.request.mode == "chunked" and self.batch_size > 1:
-            old, self.batch_size = self.batch_size, max(1, self.batch_size // 2)
-            record.append({"action": "halve batch size", "from": old, "to": self.batch_size, "error": message})
-            self.ctx.note(f"{name}: out of GPU memory with batch size {old}; retrying with {self.batch_size}.")
+        if size > 1:
+            self.batch_size = max(1, size // 2)
+            record.append({"action": "halve batch size", "from": size, "to": self.batch_size, "error": message})
+            self.ctx.note(f"{name}: out of GPU memory with batch size {size}; retrying with {self.batch_size}.")
             return
         if self.device.startswith("cuda"):
             record.append({"action": "retry on the CPU", "batch_size": self.batch_size, "error": message})
@@ -378,9 +379,9 @@ class _Transcriber:
             self.ctx.worker.models.evict(self.loaded.spec.id)
             self.device = self.ctx.device
 
-    def _attempt(self, name: str, record: list[dict], run, again: bool = True):
-        """``run()``, after out-of-memory retried (``again``) or answered with ``RETRY`` for the caller to redo
-        with the smaller batch; ``_out_of_memory`` decides what changes in between."""
+    def _attempt(self, name: str, record: list[dict], run, again: bool = True, size: int = 1):
+        """``run()`` (on ``size`` windows at once), after out-of-memory retried (``again``) or answered with
+        ``RETRY`` for the caller to redo with the smaller batch; ``_out_of_memory`` decides what changes."""
         from .memory import is_out_of_memory
 
         while True:
@@ -391,7 +392,8 @@ class _Transcriber:
                     raise
                 message = f"{type(error).__name__}: {str(error).splitlines()[0][:160]}"
             # outside the except block: the failed attempt's tensors are no longer referenced
-            self._out_of_memory(name, record, message)
+            self._out_of_memory(name, record, message, size)
+            size = 1
             if not again:
                 return RETRY
 
@@ -567,7 +569,7 @@ class _Transcriber:
                 timings["generate"] += time.perf_counter() - clock
                 return generated
 
-            generated = self._attempt(name, retries, run, again=False)
+            generated = self._attempt(name, retries, run, again=False, size=len(batch))
             if generated is RETRY:  # smaller batch or on the CPU now: this part again
                 continue
             for row, i in enumerate(batch):

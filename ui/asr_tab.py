@@ -109,7 +109,8 @@ def build_asr_tab(worker, settings, translator: Translator, lang_state: gr.State
                     label="asr_model",
                 )
                 language = translator.bind(
-                    gr.Dropdown(language_choices("en"), value="auto", label=t("en", "asr_language"), elem_id="asr-language"),
+                    gr.Dropdown(language_choices("en"), value="auto", label=t("en", "asr_language"), elem_id="asr-language",
+                                allow_custom_value=True),  # the API also takes names: "cantonese", "English"
                     label="asr_language",
                 )
             with gr.Row():
@@ -181,18 +182,20 @@ def build_asr_tab(worker, settings, translator: Translator, lang_state: gr.State
 
     # --- the job --------------------------------------------------------------------------------------
 
-    def run(file_list, recording, model_id, language_code, task_name, mode_name, batch_size, word_times, max_chars,
-            max_lines, max_seconds, max_tokens, lang, request: gr.Request):
+    def run(files, microphone, model, language, task, mode, batch_size, word_timestamps, max_line_chars, max_lines,
+            max_cue_seconds, max_new_tokens, lang, request: gr.Request):
+        """Transcribe audio or video files (and/or a microphone recording) to text and subtitles."""
         lang = request_language(lang, request)
-        paths = [str(f) for f in (file_list or []) if f]
+        paths = [str(f) for f in (files or []) if f]
         names = [Path(p).name for p in paths]
-        if recording:
-            paths.append(str(recording))
-            names.append(f"microphone-{time.strftime('%H%M%S')}{Path(str(recording)).suffix or '.wav'}")
+        if microphone:
+            paths.append(str(microphone))
+            names.append(f"microphone-{time.strftime('%H%M%S')}{Path(str(microphone)).suffix or '.wav'}")
         asr_request = ASRRequest(
-            files=paths, names=names, model=model_id, language=language_code or "auto", task=task_name or "transcribe",
-            mode=mode_name or "chunked", batch_size=batch_size or 0, word_timestamps=bool(word_times),
-            max_line_chars=max_chars, max_lines=max_lines, max_cue_seconds=max_seconds, max_new_tokens=max_tokens or 0,
+            files=paths, names=names, model=model, language=language or "auto", task=task or "transcribe",
+            mode=mode or "chunked", batch_size=batch_size or 0, word_timestamps=bool(word_timestamps),
+            max_line_chars=max_line_chars, max_lines=max_lines, max_cue_seconds=max_cue_seconds,
+            max_new_tokens=max_new_tokens or 0,
         )
         try:
             asr_request = validate_asr(asr_request, demo=demo)  # fail fast, before the queue
