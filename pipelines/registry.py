@@ -71,6 +71,27 @@ _WAN_720 = (
 )
 _TURBO = VideoPreset("Turbo", "480p", 81, 4, 1.0, 5.0, changes_output=True)
 
+# Image to video. I2VGen-XL's presets are the ones creators benchmark it by (DDIM: no flow shift, the
+# value is unused). Wan 2.1 I2V's reference settings: 40 steps, guidance 5.0, shift 3.0 at 480p and 5.0 at 720p.
+_I2VGEN_XL = (
+    VideoPreset("Quick preview", "512p", 8, 30, 9.0, 0.0),
+    VideoPreset("Standard", "512p", 16, 50, 9.0, 0.0),
+    VideoPreset("High quality", "768p", 24, 80, 10.0, 0.0),
+)
+_WAN_I2V_480 = (
+    VideoPreset("Preview", "480p", 33, 20, 5.0, 3.0),
+    VideoPreset("Standard", "480p", 81, 40, 5.0, 3.0),
+    VideoPreset("High quality", "480p", 81, 50, 5.0, 3.0),
+)
+_WAN_I2V_720 = (
+    VideoPreset("Preview", "480p", 33, 20, 5.0, 3.0),
+    VideoPreset("Standard", "720p", 81, 40, 5.0, 5.0),
+    VideoPreset("High quality", "720p", 81, 50, 5.0, 5.0),
+)
+_I2V_TURBO = VideoPreset("Turbo", "480p", 81, 4, 1.0, 5.0, changes_output=True)
+# Wan 2.1 I2V: the CLIP image encoder stays in fp32 with the VAE, as in diffusers' example for these repos.
+_WAN21_I2V_EXTRA = {"family": "wan", "size_multiple": 16, "fp32_components": ("vae", "image_encoder")}
+
 CATALOGUE: dict[str, ModelSpec] = {
     spec.id: spec
     for spec in (
@@ -146,6 +167,100 @@ CATALOGUE: dict[str, ModelSpec] = {
             demo_kind="wan-t2v-moe",
             notes="High-noise and low-noise experts; both are kept resident.",
         ),
+        # Image to video. ``extra`` keys read by pipelines/i2v.py: ``family`` ("i2vgen" or "wan"), ``size_multiple``
+        # (width and height are multiples of it), ``last_frame`` (the pipeline can end on a given frame),
+        # ``fp32_components`` (kept in fp32 whatever the dtype; read by the loader).
+        ModelSpec(
+            id="i2vgen-xl",
+            task="i2v",
+            title="I2VGen-XL",
+            repo_id="ali-vilab/i2vgen-xl",
+            pipeline_class="I2VGenXLPipeline",
+            vram_gb=10.0,
+            presets=_I2VGEN_XL,
+            resolutions=("512p", "768p"),
+            fps=16,
+            max_frames=64,
+            demo_kind="i2vgen-xl",
+            notes="Trained on 16-frame clips; one VAE and UNet in the same dtype (no fp32 VAE).",
+            extra={"family": "i2vgen", "size_multiple": 32, "fp32_components": ()},
+        ),
+        ModelSpec(
+            id="wan2.1-i2v-14b-480p",
+            task="i2v",
+            title="Wan 2.1 I2V 14B 480p",
+            repo_id="Wan-AI/Wan2.1-I2V-14B-480P-Diffusers",
+            pipeline_class="WanImageToVideoPipeline",
+            vram_gb=45.0,
+            presets=_WAN_I2V_480,
+            resolutions=("480p",),
+            demo_kind="wan-i2v",
+            extra={**_WAN21_I2V_EXTRA},
+        ),
+        ModelSpec(
+            id="wan2.1-i2v-14b-720p",
+            task="i2v",
+            title="Wan 2.1 I2V 14B 720p",
+            repo_id="Wan-AI/Wan2.1-I2V-14B-720P-Diffusers",
+            pipeline_class="WanImageToVideoPipeline",
+            vram_gb=45.0,
+            presets=_WAN_I2V_720,
+            resolutions=("480p", "720p"),
+            demo_kind="wan-i2v",
+            extra={**_WAN21_I2V_EXTRA},
+        ),
+        ModelSpec(
+            id="wan2.1-i2v-14b-480p-turbo",
+            task="i2v",
+            title="Wan 2.1 I2V 14B 480p + lightx2v 4-step LoRA (Turbo)",
+            repo_id="Wan-AI/Wan2.1-I2V-14B-480P-Diffusers",
+            pipeline_class="WanImageToVideoPipeline",
+            vram_gb=46.0,
+            presets=(_I2V_TURBO,) + _WAN_I2V_480,
+            default_preset="Turbo",
+            resolutions=("480p",),
+            lora_repo_id="lightx2v/Wan2.1-Distill-Loras",
+            lora_weight_name="wan2.1_i2v_lora_rank64_lightx2v_4step.safetensors",
+            demo_kind="wan-i2v",
+            notes="Step- and guidance-distilled: 4 steps at guidance 1.0. Output differs from the base model.",
+            extra={**_WAN21_I2V_EXTRA},
+        ),
+        ModelSpec(
+            id="wan2.2-ti2v-5b-i2v",
+            task="i2v",
+            title="Wan 2.2 TI2V 5B",
+            repo_id="Wan-AI/Wan2.2-TI2V-5B-Diffusers",
+            pipeline_class="WanImageToVideoPipeline",
+            vram_gb=24.0,
+            presets=(
+                VideoPreset("Preview", "720p", 49, 20, 5.0, 5.0),
+                VideoPreset("Standard", "720p", 121, 40, 5.0, 5.0),
+                VideoPreset("High quality", "720p", 121, 50, 5.0, 5.0),
+            ),
+            resolutions=("720p",),
+            fps=24,
+            max_frames=241,
+            demo_kind="wan-ti2v",
+            notes="The same weights as the text-to-video entry; its VAE compresses 16x: sizes are multiples of 32. 24 fps.",
+            extra={"family": "wan", "size_multiple": 32},
+        ),
+        ModelSpec(
+            id="wan2.2-i2v-a14b",
+            task="i2v",
+            title="Wan 2.2 I2V A14B (two experts)",
+            repo_id="Wan-AI/Wan2.2-I2V-A14B-Diffusers",
+            pipeline_class="WanImageToVideoPipeline",
+            vram_gb=72.0,
+            presets=(
+                VideoPreset("Preview", "480p", 33, 20, 3.5, 5.0),
+                VideoPreset("Standard", "480p", 81, 40, 3.5, 5.0),
+                VideoPreset("High quality", "720p", 81, 40, 3.5, 5.0),
+            ),
+            resolutions=("480p", "720p"),
+            demo_kind="wan-i2v-moe",
+            notes="High-noise and low-noise experts, both kept resident. Can end on a given last frame.",
+            extra={"family": "wan", "size_multiple": 16, "last_frame": True},
+        ),
         # Speech recognition: transformers' Whisper. fp16/bf16 on GPU; the small ones suit CPU-only machines.
         ModelSpec(
             id="whisper-large-v3",
@@ -189,7 +304,7 @@ CATALOGUE: dict[str, ModelSpec] = {
     )
 }
 
-DEFAULT_MODEL = {"t2v": "wan2.1-t2v-1.3b", "asr": "whisper-large-v3"}
+DEFAULT_MODEL = {"t2v": "wan2.1-t2v-1.3b", "i2v": "i2vgen-xl", "asr": "whisper-large-v3"}
 
 
 def models_for(task: str) -> list[ModelSpec]:
@@ -238,3 +353,30 @@ def snap_frames(frames: int, temporal: int = 4) -> int:
     """Nearest frame count of Wan's ``4n + 1`` form (1, 5, 9, ... 81)."""
     n = max(0, int((frames - 1) / temporal + 0.5))  # halves round up: 3 -> 5
     return n * temporal + 1
+
+
+# Image to video keeps the input's aspect ratio: a resolution is a pixel area (the 16:9 frame of that
+# height), and the frame size follows each model's multiples (see ``pipelines/images.py``).
+I2V_MAX_AREA = {
+    "128p": 224 * 128,
+    "256p": 448 * 256,
+    "480p": 832 * 480,
+    "512p": 896 * 512,
+    "720p": 1280 * 720,
+    "768p": 1344 * 768,
+}
+DEMO_I2V_RESOLUTIONS = ("128p", "256p", "480p")
+# (frames for Wan, frames for I2VGen-XL, steps) of each preset in --demo mode: seconds on a CPU.
+_DEMO_I2V_SIZES = {"Preview": (9, 8, 4), "Quick preview": (9, 8, 4), "Turbo": (9, 8, 4), "Standard": (17, 16, 8),
+                   "High quality": (17, 16, 12)}
+
+
+def demo_i2v_presets(spec: ModelSpec) -> tuple[VideoPreset, ...]:
+    """The spec's presets made small for --demo: same names, guidance and shift; 256p, few frames and steps."""
+    presets = []
+    for preset in spec.presets:
+        wan_frames, other_frames, steps = _DEMO_I2V_SIZES.get(preset.name, (9, 8, 4))
+        frames = wan_frames if spec.extra.get("family") == "wan" else other_frames
+        presets.append(VideoPreset(preset.name, "256p", frames, min(steps, preset.steps), preset.guidance, preset.shift,
+                                   preset.changes_output))
+    return tuple(presets)

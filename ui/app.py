@@ -6,6 +6,7 @@ import gradio as gr
 
 from .asr_tab import build_asr_tab
 from .i18n import LANGUAGES, STRINGS, Translator, normalise_language, t
+from .i2v_tab import build_i2v_tab
 from .live_panel import build_live_panel, status_strip
 from .system_tab import build_system_tab
 from .t2v_tab import build_t2v_tab
@@ -73,6 +74,8 @@ def build_demo(worker, settings, controller, log_buffer=None) -> gr.Blocks:
         with gr.Tabs():
             with translator.bind(gr.Tab("Text to video", id="t2v"), label="tab_t2v"):
                 language_hooks = build_t2v_tab(worker, settings, translator, lang_state)
+            with translator.bind(gr.Tab("Image to video", id="i2v"), label="i2v_tab"):
+                language_hooks += build_i2v_tab(worker, settings, translator, lang_state)
             with translator.bind(gr.Tab("Speech to text", id="asr"), label="asr_tab"):
                 language_hooks += build_asr_tab(worker, settings, translator, lang_state)
             with translator.bind(gr.Tab("System", id="system"), label="tab_system"):
