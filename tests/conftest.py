@@ -64,6 +64,7 @@ class ServedApp:
 
 def start_app(tmp_path: Path, data_dir: Path, *extra: str, env: dict | None = None) -> ServedApp:
     """``python app.py --demo`` on a free port; returns once the page is served."""
+    import urllib.error
     import urllib.request
 
     port = free_port()
@@ -84,6 +85,8 @@ def start_app(tmp_path: Path, data_dir: Path, *extra: str, env: dict | None = No
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/gradio_api/info", timeout=2):
                 return ServedApp(process, port, outputs, log)
+        except urllib.error.HTTPError:  # it answers (with --auth: 401): the server is up
+            return ServedApp(process, port, outputs, log)
         except OSError:
             time.sleep(0.5)
     process.kill()

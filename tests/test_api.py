@@ -109,3 +109,14 @@ def test_system_tab_shows_the_newest_benchmark(tmp_path):
     (folder / "20260101-000000_benchmark.md").write_text("old", encoding="utf-8")
     (folder / "20260102-000000_benchmark.md").write_text("new", encoding="utf-8")
     assert last_benchmark(settings) == "new"
+
+
+def test_auth_protects_the_page_and_the_api(tmp_path, data_dir):
+    app = start_app(tmp_path, data_dir, "--auth", "ana:s3cret")
+    try:
+        with pytest.raises(Exception):
+            Client(app.url, verbose=False).predict(api_name="/status")
+        status = Client(app.url, auth=("ana", "s3cret"), verbose=False).predict(api_name="/status")
+        assert status["device"] == "cpu"
+    finally:
+        stop_app(app)
