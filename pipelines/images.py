@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,12 +127,11 @@ def load_image(path, what: str = "image") -> InputImage:
     if n_bytes == 0:
         raise RequestError(f"The {what} file {name!r} is empty (0 bytes).", key="i2v_image_empty", what=kind, name=name)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            opened = Image.open(file, formats=FORMATS)
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning, OSError,
-            SyntaxError, ValueError) as error:
-        if isinstance(error, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        # PIL refuses decompression bombs itself beyond 2 x MAX_IMAGE_PIXELS (and warns beyond it); our own,
+        # lower limit is checked from the header below, before any pixel is decoded.
+        opened = Image.open(file, formats=FORMATS)
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as error:
+        if isinstance(error, Image.DecompressionBombError):
             over = f"more than {Image.MAX_IMAGE_PIXELS / 1e6:.0f}"
             raise RequestError(f"The {what} {name!r} is {over} megapixels; the limit is {MAX_PIXELS / 1e6:g} megapixels.",
                                key="i2v_image_too_large", what=kind, name=name, megapixels=over,
