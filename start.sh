@@ -16,7 +16,7 @@ readonly RESTART_CODE=42
 ROOT="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd -P)" || exit 1
 cd -- "$ROOT" || exit 1
 
-VENV="$ROOT/.venv"
+VENV="${CINESCRIBE_VENV:-$ROOT/.venv}"
 VENV_PY="$VENV/bin/python"
 HELPER="$ROOT/scripts/torch_build.py"
 REQUIREMENTS="$ROOT/requirements.txt"
@@ -37,17 +37,19 @@ Launcher options (not passed to the app):
   --cpu            install the CPU build of PyTorch even if an NVIDIA GPU is present
   --update         upgrade the app's packages in place (and re-check the PyTorch build)
   --reinstall      delete .venv and set everything up again
-  --extras         also install optional accelerators (xformers); a failure is only a warning
+  --extras         also install optional accelerators (xformers) made for the installed torch;
+                   a failure is only a warning
   --help-launcher  show this help
   --               pass everything after it to the app unchanged
 
 Every other argument goes to `python app.py` unchanged, e.g. ./start.sh --port 7861
 
 Environment:
-  CINESCRIBE_PYTHON        Python 3.10-3.13 to build .venv with (default: first suitable one)
+  CINESCRIBE_PYTHON        Python 3.11-3.13 to build .venv with (default: first suitable one)
+  CINESCRIBE_VENV          where the Python environment lives (default: .venv in this folder)
   CINESCRIBE_TORCH_INDEX   pip index for torch (URL ending in /cu128 etc., "pypi", or a folder of wheels)
   CINESCRIBE_TORCH_SPEC    pip requirement(s) for torch, e.g. "torch==2.11.0+cu128"
-  CINESCRIBE_EXTRAS        packages for --extras (default: xformers)
+  CINESCRIBE_EXTRAS        packages for --extras (default: xformers; also wheel files or URLs)
 Set-up log: logs/setup.log. More: docs/install.md
 EOF
 }
@@ -77,9 +79,10 @@ fail() {
     exit 1
 }
 
-# python_ok EXE: true when EXE is a 64-bit Python 3.10-3.13 (the versions torch has wheels for).
+# python_ok EXE: true when EXE is a 64-bit Python 3.11-3.13: every torch build has wheels for
+# those, and diffusers needs 3.11+ (the same check as PYTHON_CHECK in scripts/torch_build.py).
 python_ok() {
-    "$1" -c 'import sys; sys.exit(0 if (3, 10) <= sys.version_info[:2] <= (3, 13) and sys.maxsize > 2**32 else 1)' \
+    "$1" -c 'import sys; sys.exit(0 if (3, 11) <= sys.version_info[:2] <= (3, 13) and sys.maxsize > 2**32 else 1)' \
         >/dev/null 2>&1
 }
 
@@ -96,9 +99,9 @@ find_python() {
             BASE_PY="$CINESCRIBE_PYTHON"
             return 0
         fi
-        fail "CINESCRIBE_PYTHON=$CINESCRIBE_PYTHON is not a 64-bit Python 3.10-3.13 ($(python_version "$CINESCRIBE_PYTHON"))."
+        fail "CINESCRIBE_PYTHON=$CINESCRIBE_PYTHON is not a 64-bit Python 3.11-3.13 ($(python_version "$CINESCRIBE_PYTHON"))."
     fi
-    for candidate in python3 python python3.12 python3.11 python3.10 python3.13; do
+    for candidate in python3 python python3.12 python3.11 python3.13; do
         path="$(command -v "$candidate" 2>/dev/null)" || continue
         if python_ok "$path"; then
             BASE_PY="$path"
@@ -106,7 +109,7 @@ find_python() {
         fi
         seen="$seen $candidate=$(python_version "$path")"
     done
-    fail "Cinescribe needs a 64-bit Python 3.10, 3.11, 3.12 or 3.13 (PyTorch has no wheels for others)." \
+    fail "Cinescribe needs a 64-bit Python 3.11, 3.12 or 3.13 (what PyTorch and diffusers both support)." \
         "Found:${seen:- no python at all}" \
         "Install one, e.g. 'sudo apt install python3.12 python3.12-venv' (Ubuntu 24.04), 'uv python install 3.12'" \
         "or pyenv, then run ./start.sh again (or point CINESCRIBE_PYTHON at it)."
@@ -152,11 +155,24 @@ mkdir -p "$ROOT/logs" || fail "Cannot create $ROOT/logs (is the folder writable?
 log_line ""
 log_line "=== $(date '+%Y-%m-%d %H:%M:%S') start.sh $ORIGINAL_ARGS"
 
+# Spaces or brackets in the environment's path break some packages' build and compile steps.
+case "$VENV" in
+    *[[:space:]\(\)\[\]]*)
+        warn "The Python environment's path contains spaces or brackets: $VENV"
+        warn "Some packages fail in such paths. If set-up or the app fails, put the environment in a plain path:"
+        warn "  CINESCRIBE_VENV=\$HOME/.local/share/cinescribe-venv ./start.sh   (or move Cinescribe to such a folder)"
+        ;;
+esac
+
 # ----------------------------------------------------------------------------------------------
 # The virtual environment
 # ----------------------------------------------------------------------------------------------
 if [ "$OPT_REINSTALL" = 1 ] && [ -d "$VENV" ]; then
-    say "--reinstall: deleting .venv"
+    if [ ! -f "$VENV/pyvenv.cfg" ]; then
+        fail "--reinstall: $VENV is not a Python environment (no pyvenv.cfg); not deleting it." \
+            "Check CINESCRIBE_VENV, or delete the folder yourself."
+    fi
+    say "--reinstall: deleting $VENV"
     rm -rf -- "$VENV" || fail "Could not delete $VENV (is the app still running?)"
 fi
 
@@ -164,7 +180,7 @@ FRESH_VENV=0
 if [ ! -x "$VENV_PY" ]; then
     BASE_PY=""
     find_python
-    say "Creating .venv with $BASE_PY (Python $(python_version "$BASE_PY"))"
+    say "Creating the Python environment $VENV with $BASE_PY (Python $(python_version "$BASE_PY"))"
     if ! "$BASE_PY" -m venv "$VENV" >>"$LOG" 2>&1; then
         rm -rf -- "$VENV"
         fail "Could not create the virtual environment with $BASE_PY." \
@@ -175,7 +191,7 @@ if [ ! -x "$VENV_PY" ]; then
 fi
 
 if ! python_ok "$VENV_PY"; then
-    fail ".venv uses Python $(python_version "$VENV_PY"), which cannot run Cinescribe (needs 64-bit 3.10-3.13)," \
+    fail "$VENV uses Python $(python_version "$VENV_PY"), which cannot run Cinescribe (needs 64-bit 3.11-3.13)," \
         "or its Python was removed. Rebuild it: ./start.sh --reinstall"
 fi
 
@@ -187,8 +203,8 @@ plan_args=(plan --venv "$VENV" --requirements "$REQUIREMENTS" --platform linux -
 [ "$OPT_UPDATE" = 1 ] && plan_args+=(--update)
 "$VENV_PY" "$HELPER" "${plan_args[@]}" || fail "scripts/torch_build.py plan failed."
 
-NEED_TORCH=0 UNINSTALL=0 INSTALLED_TORCH="" VERIFY=0 NEED_REQS=0 VARIANT="" CUDA="" INDEX_URL=""
-REASON="" WARNING="" EXTRAS="" NOTE=""
+NEED_TORCH=0 UNINSTALL=0 INSTALLED_TORCH="" VERIFY=0 NEED_REQS=0 VARIANT="" INDEX_URL=""
+REASON="" WARNING="" NOTE=""
 TORCH_ARGS=()
 while IFS= read -r line || [ -n "$line" ]; do
     value="${line#*=}"
@@ -199,11 +215,9 @@ while IFS= read -r line || [ -n "$line" ]; do
         VERIFY) VERIFY="$value" ;;
         NEED_REQS) NEED_REQS="$value" ;;
         VARIANT) VARIANT="$value" ;;
-        CUDA) CUDA="$value" ;;
         INDEX_URL) INDEX_URL="$value" ;;
         REASON) REASON="$value" ;;
         WARNING) WARNING="$value" ;;
-        EXTRAS) EXTRAS="$value" ;;
         NOTE) NOTE="$value" ;;
         PIP_ARG) TORCH_ARGS+=("$value") ;;
     esac
@@ -271,17 +285,12 @@ if [ "$NEED_REQS" = 1 ]; then
     fi
 fi
 
+# Optional accelerators: one at a time, wheels only, torch pinned by the constraints file (so pip
+# can only choose a version made for the installed torch, and can never replace torch).
+# torch_build.py only warns when one fails.
 if [ "$OPT_EXTRAS" = 1 ]; then
-    if [ "$CUDA" = 1 ]; then
-        read -r -a extra_packages <<<"$EXTRAS"
-        extra_args=("${extra_packages[@]}" -c "$CONSTRAINTS")
-        [ -n "$INDEX_URL" ] && extra_args+=(--extra-index-url "$INDEX_URL")
-        say "Installing optional accelerators: ${extra_packages[*]}"
-        venv_pip install "${extra_args[@]}" ||
-            warn "Optional accelerators (${extra_packages[*]}) could not be installed; Cinescribe works without them."
-    else
-        warn "--extras ignored: the optional accelerators need a CUDA build of PyTorch."
-    fi
+    "$VENV_PY" "$HELPER" extras --variant "$VARIANT" --platform linux --constraints "$CONSTRAINTS" \
+        --index-url "$INDEX_URL" --log "$LOG" || warn "Installing the optional accelerators failed."
 fi
 
 if [ "$NEED_TORCH" = 1 ] || [ "$NEED_REQS" = 1 ] || [ "$VERIFY" = 1 ]; then

@@ -12,6 +12,8 @@ Sub-commands (all print ``KEY=VALUE`` lines that bash and cmd can read):
   verify        run with the venv's python after installing torch: does it import, does CUDA
                 work (a tiny kernel on the GPU), then write the pip constraints file
   write-marker  record a finished set-up inside .venv
+  hf-symlinks   Windows, once per environment: can the Hugging Face cache use symlinks? If not,
+                explain huggingface_hub's warning about it
   table         print the build table as Markdown (docs/install.md carries a copy)
 
 How a build is chosen (``select``): by compute capability and driver version, never by GPU
@@ -54,7 +56,16 @@ from pathlib import Path
 #   Blackwell, which needs R570+ anyway, and any older card loses nothing with cu126.
 # * PyPI: torch 2.11.0's Linux wheel on PyPI is the CUDA 13.0 build (its metadata pins
 #   cuda-toolkit 13.0.2); Windows wheels on PyPI are CPU-only.
+# * triton: the version torch's Linux wheel pins (TRITON_FOR_TORCH, from the wheels' metadata);
+#   on Windows the matching triton-windows release has the same major.minor.
+# * Python: torch 2.11 has wheels for 3.10-3.14 and torch 2.7.1 (cu118) for 3.9-3.13, but
+#   diffusers 0.42 (requirements.txt) needs 3.11+: so 3.11-3.13, the range every build and
+#   every requirement covers. start.sh / start.bat carry PYTHON_CHECK verbatim (tested).
 # --------------------------------------------------------------------------------------------
+
+PYTHON_SUPPORTED = ((3, 11), (3, 13))  # oldest, newest (64-bit only)
+PYTHON_CHECK = ("import sys; sys.exit(0 if (3, 11) <= sys.version_info[:2] <= (3, 13) "
+                "and sys.maxsize > 2**32 else 1)")
 
 PYTORCH_INDEX = "https://download.pytorch.org/whl"
 COMPANIONS = ("torchvision", "torchaudio")  # installed with torch when requirements.txt names them
@@ -102,7 +113,14 @@ CUDA_VARIANTS = [v for v in VARIANTS.values() if v.cuda]
 # The CUDA variant of the plain PyPI wheel on Linux for the pinned version (Windows: CPU only).
 PYPI_LINUX_DEFAULT = {"2.11.0": "cu130", "2.10.0": "cu128", "2.9.1": "cu128"}
 
-EXTRAS = ("xformers",)  # optional accelerators for --extras (CINESCRIBE_EXTRAS overrides)
+# Optional accelerators for --extras (CINESCRIBE_EXTRAS overrides the list). Each is installed on
+# its own, binary wheels only (never a compile), with the constraints file that pins the installed
+# torch, so pip can only pick a version made for that torch and can never replace torch; a
+# failure is a warning. The floors are the versions diffusers' attention backends accept.
+EXTRAS = ("xformers",)
+EXTRAS_WINDOWS = ("triton-windows",)  # torch.compile and Triton kernels on Windows
+TRITON_FOR_TORCH = {"2.7": "3.3", "2.8": "3.4", "2.9": "3.5", "2.10": "3.6", "2.11": "3.6"}
+EXTRA_FLOORS = {"xformers": ">=0.0.29", "flash-attn": ">=2.6.3", "sageattention": ">=2.1.1"}
 
 MARKER_NAME = "cinescribe-setup.json"
 CONSTRAINTS_NAME = "cinescribe-constraints.txt"
@@ -416,6 +434,109 @@ def _pinned_version(requirements: list[str]) -> str | None:
 
 
 # --------------------------------------------------------------------------------------------
+# Optional accelerators (--extras)
+# --------------------------------------------------------------------------------------------
+
+
+def extra_requirements(names: list[str], platform: str, torch_version: str | None
+                       ) -> tuple[list[str], list[str]]:
+    """pip requirements for the accelerators ``names``, and why any of them is left out.
+
+    A bare name gets the floor diffusers needs; ``triton-windows`` is pinned to the triton
+    release of the installed torch; a wheel file or URL whose name says it was built for
+    another torch (``...torch2.8...``) is left out, since it would crash on import.
+    """
+    match = re.match(r"(\d+)\.(\d+)", torch_version or "")
+    torch_minor = f"{match.group(1)}.{match.group(2)}" if match else None
+    requirements, left_out = [], []
+    for name in names:
+        base = re.split(r"[\\/]", name)[-1]
+        bare = re.fullmatch(r"[A-Za-z0-9_.-]+", name) is not None
+        if base.lower().endswith(".whl") or "://" in name:
+            tag = re.search(r"torch(\d+)\.(\d+)", base)
+            built_for = f"{tag.group(1)}.{tag.group(2)}" if tag else None
+            if built_for and torch_minor and built_for != torch_minor:
+                left_out.append(f"{base} is built for torch {built_for}, but torch {torch_version} is "
+                                "installed: left out (find the wheel built for this torch)")
+                continue
+            requirements.append(name)
+        elif bare and name.lower() == "triton-windows":
+            if platform != "win32":
+                left_out.append("triton-windows is for Windows only (Linux torch brings triton): left out")
+                continue
+            triton = TRITON_FOR_TORCH.get(torch_minor or "")
+            if triton is None:
+                left_out.append(f"no known triton-windows release for torch {torch_version}: left out")
+                continue
+            major, minor = triton.split(".")
+            requirements.append(f"triton-windows>={triton},<{major}.{int(minor) + 1}")
+        elif bare and name.lower().replace("_", "-") in EXTRA_FLOORS:
+            requirements.append(name + EXTRA_FLOORS[name.lower().replace("_", "-")])
+        else:
+            requirements.append(name)
+    return requirements, left_out
+
+
+def default_extras(platform: str) -> list[str]:
+    return list(EXTRAS) + (list(EXTRAS_WINDOWS) if platform == "win32" else [])
+
+
+# What to import to see that an accelerator loads (a wheel built for another torch does not).
+EXTRA_MODULES = {"xformers": "xformers.ops", "triton-windows": "triton", "flash-attn": "flash_attn",
+                 "sageattention": "sageattention"}
+
+
+def _dist_name(requirement: str) -> str:
+    """'xformers>=0.0.29' -> 'xformers'; '.../flash_attn-2.8.3+cu12torch2.8-cp312-....whl' -> 'flash-attn'."""
+    base = re.split(r"[\\/]", requirement)[-1]
+    name = base.split("-")[0] if base.lower().endswith(".whl") else re.match(r"[A-Za-z0-9_.-]*", base).group(0)
+    return name.lower().replace("_", "-")
+
+
+def install_extras(variant_name: str, platform: str, constraints: str, index_url: str | None,
+                   log: str | None, env: dict[str, str] | None = None) -> int:
+    """--extras, run with the venv's python after torch is installed: each accelerator on its own,
+    binary wheels only, torch pinned by the constraints file. Failures are warnings (returns 0)."""
+    from importlib import metadata
+
+    env = dict(os.environ) if env is None else env
+    say = _Reporter(log)
+    variant = VARIANTS.get(variant_name)
+    cuda = variant.cuda is not None if variant else bool(re.fullmatch(r"cu\d+", variant_name))
+    if not cuda:
+        say("WARNING: --extras ignored: the optional accelerators need a CUDA build of PyTorch.", hint=True)
+        return 0
+    try:
+        torch_version = metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        torch_version = None
+    names = env.get("CINESCRIBE_EXTRAS", "").split() or default_extras(platform)
+    requirements, left_out = extra_requirements(names, platform, torch_version)
+    for why in left_out:
+        say(f"WARNING: {why}", hint=True)
+    for requirement in requirements:
+        say(f"Installing the optional accelerator {requirement} (for torch {torch_version})")
+        command = [sys.executable, "-m", "pip", "install", "--only-binary=:all:", "-c", constraints]
+        if index_url:
+            command += ["--extra-index-url", index_url]
+        if log:
+            command += ["--log", log]
+        if subprocess.run([*command, requirement]).returncode != 0:
+            say(f"WARNING: {requirement} could not be installed for this torch; Cinescribe works "
+                "without it.", hint=True)
+            continue
+        module = EXTRA_MODULES.get(_dist_name(requirement))
+        if module:
+            probe = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True,
+                                   text=True, errors="replace")
+            if probe.returncode != 0:
+                last = (probe.stderr.strip().splitlines() or ["?"])[-1]
+                say(f"WARNING: {requirement} was installed but does not load ({last}); the app "
+                    "will use PyTorch's own attention.", hint=True)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
 # Set-up state: marker, installed torch, plan
 # --------------------------------------------------------------------------------------------
 
@@ -471,7 +592,6 @@ def plan(venv: Path, requirements: Path, platform: str, *, cpu: bool = False, up
     req_hash = file_sha256(requirements)
     constraints_ok = (venv / CONSTRAINTS_NAME).is_file()
     need_reqs = marker is None or need_torch or update or marker.get("requirements_sha256") != req_hash
-    extras = env.get("CINESCRIBE_EXTRAS", "").split() or list(EXTRAS)
     fields = {
         "NEED_TORCH": "1" if need_torch else "0",
         "UNINSTALL": "1" if need_torch and installed else "0",
@@ -480,7 +600,6 @@ def plan(venv: Path, requirements: Path, platform: str, *, cpu: bool = False, up
         "NEED_REQS": "1" if need_reqs else "0",
         "REQUIREMENTS_SHA256": req_hash,
         **selection_fields(selection, platform),
-        "EXTRAS": " ".join(extras),
         "NOTE": " ".join(notes),
     }
     return fields, selection
@@ -655,6 +774,57 @@ def write_marker(venv: Path, plan_json: Path) -> None:
     (venv / MARKER_NAME).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
 
 
+# --------------------------------------------------------------------------------------------
+# hf-symlinks: huggingface_hub's symlink warning on Windows, explained once
+# --------------------------------------------------------------------------------------------
+
+HF_SYMLINK_NOTE = """\
+Note (shown once): this Windows account cannot create symbolic links, so the Hugging Face cache
+({cache}) stores a full copy of a file where it would otherwise link to it. Downloads work, they
+just take more disk space when two revisions share a file. huggingface_hub prints a long warning
+about this for every download; Cinescribe switches that warning off
+(HF_HUB_DISABLE_SYMLINKS_WARNING=1). To get symlinks, turn on Developer Mode
+(Settings > System > For developers) and start Cinescribe again."""
+
+
+def hf_cache_dir(env: dict[str, str]) -> Path:
+    """Where huggingface_hub keeps models (HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache/...)."""
+    if env.get("HF_HUB_CACHE"):
+        return Path(env["HF_HUB_CACHE"])
+    home = env.get("HF_HOME") or os.path.join(env.get("XDG_CACHE_HOME") or os.path.join(
+        os.path.expanduser("~"), ".cache"), "huggingface")
+    return Path(home) / "hub"
+
+
+def symlinks_supported(folder: Path) -> bool:
+    """The same test huggingface_hub makes: can a relative symlink be created in ``folder``?"""
+    import tempfile
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=folder) as tmp:
+            source = Path(tmp) / "source"
+            source.touch()
+            os.symlink("source", Path(tmp) / "link")
+        return True
+    except OSError:
+        return False
+
+
+def hf_symlinks(marker: Path, env: dict[str, str] | None = None, log: str | None = None) -> int:
+    """Explain the symlink warning if this machine would get it; once (``marker`` records it)."""
+    env = dict(os.environ) if env is None else env
+    cache = hf_cache_dir(env)
+    supported = symlinks_supported(cache)
+    if not supported:
+        _Reporter(log)(HF_SYMLINK_NOTE.format(cache=cache))
+    try:
+        marker.write_text(f"symlinks supported in {cache}: {supported}\n", encoding="utf-8")
+    except OSError:
+        pass
+    return 0
+
+
 _ARCH_NAMES = {(5, 0): "Maxwell", (7, 5): "Turing"}
 
 
@@ -714,6 +884,17 @@ def main(argv: list[str] | None = None) -> int:
     p_marker.add_argument("--venv", required=True)
     p_marker.add_argument("--plan", required=True, help="the .json sidecar written by plan --out")
 
+    p_extras = sub.add_parser("extras", help="install the optional accelerators (run with the venv's python)")
+    p_extras.add_argument("--variant", required=True)
+    p_extras.add_argument("--platform", default=_default_platform())
+    p_extras.add_argument("--constraints", required=True, help="the constraints file that pins torch")
+    p_extras.add_argument("--index-url", default="", help="torch's index, as an extra index")
+    p_extras.add_argument("--log", help="pip's log and the messages go here too")
+
+    p_hf = sub.add_parser("hf-symlinks", help="explain the Hugging Face cache's symlink warning, once")
+    p_hf.add_argument("--marker", required=True, help="file that records that it was checked")
+    p_hf.add_argument("--log", help="append the note to this file too")
+
     sub.add_parser("table", help="print the build table as Markdown")
 
     args = parser.parse_args(argv)
@@ -747,6 +928,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "write-marker":
         write_marker(Path(args.venv), Path(args.plan))
         return 0
+    if args.command == "extras":
+        return install_extras(args.variant, args.platform, args.constraints, args.index_url or None, args.log)
+    if args.command == "hf-symlinks":
+        return hf_symlinks(Path(args.marker), log=args.log)
     if args.command == "table":
         print(table_markdown())
         return 0

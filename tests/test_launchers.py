@@ -208,6 +208,58 @@ def test_cmd_quoting_of_pip_args():
     assert fields["PIP_ARGS"] == "torch==2.11.0+cu126 --index-url " + CU + "cu126"
 
 
+def test_python_check_matches_the_supported_range():
+    low, high = tb.PYTHON_SUPPORTED
+    assert f"{low} <= sys.version_info[:2] <= {high}" in tb.PYTHON_CHECK
+    assert "sys.maxsize > 2**32" in tb.PYTHON_CHECK  # 64-bit only: torch has no 32-bit wheels
+    ok = subprocess.run([sys.executable, "-c", tb.PYTHON_CHECK]).returncode == 0
+    assert ok == (low <= sys.version_info[:2] <= high)
+
+
+@pytest.mark.parametrize("torch_version, platform, names, expected, left_out", [
+    ("2.11.0+cu128", "win32", ["xformers", "triton-windows"], ["xformers>=0.0.29", "triton-windows>=3.6,<3.7"], 0),
+    ("2.7.1+cu118", "win32", ["triton-windows"], ["triton-windows>=3.3,<3.4"], 0),
+    ("2.11.0", "linux", ["xformers", "triton-windows"], ["xformers>=0.0.29"], 1),
+    ("2.11.0+cu126", "linux", ["flash_attn", "sageattention", "xformers==0.0.35"],
+     ["flash_attn>=2.6.3", "sageattention>=2.1.1", "xformers==0.0.35"], 0),
+    ("2.11.0+cu128", "win32",
+     ["https://example.org/flash_attn-2.8.3%2Bcu12torch2.8cxx11abiFALSE-cp312-cp312-win_amd64.whl"], [], 1),
+    ("2.11.0+cu128", "win32", [r"C:\wheels\sageattention-2.2.0+cu128torch2.11.0-cp39-abi3-win_amd64.whl"],
+     [r"C:\wheels\sageattention-2.2.0+cu128torch2.11.0-cp39-abi3-win_amd64.whl"], 0),
+    ("2.99.0+cu140", "win32", ["triton-windows"], [], 1),
+])
+def test_extra_requirements_are_made_for_the_installed_torch(torch_version, platform, names, expected, left_out):
+    requirements, why = tb.extra_requirements(names, platform, torch_version)
+    assert requirements == expected
+    assert len(why) == left_out, why
+
+
+def test_default_extras_per_platform():
+    assert tb.default_extras("linux") == ["xformers"]
+    assert tb.default_extras("win32") == ["xformers", "triton-windows"]
+    assert set(tb.TRITON_FOR_TORCH) >= {v.torch.rsplit(".", 1)[0] for v in tb.VARIANTS.values()}
+
+
+def test_hf_symlink_note_only_when_symlinks_fail_and_recorded_once(tmp_path, monkeypatch, capsys):
+    env = {"HF_HOME": str(tmp_path / "hf")}
+    marker = tmp_path / "marker.txt"
+    assert tb.hf_symlinks(marker, env) == 0
+    assert capsys.readouterr().out == "" and "True" in marker.read_text()
+
+    def no_symlinks(*args, **kwargs):
+        raise OSError(1314, "A required privilege is not held by the client")
+
+    monkeypatch.setattr(tb.os, "symlink", no_symlinks)
+    log = tmp_path / "setup.log"
+    tb.hf_symlinks(marker, env, log=str(log))
+    out = capsys.readouterr().out
+    assert "Developer Mode" in out and "HF_HUB_DISABLE_SYMLINKS_WARNING=1" in out
+    assert str(tmp_path / "hf" / "hub") in out.replace("\n[cinescribe] ", " ")
+    assert "Developer Mode" in log.read_text(encoding="utf-8")
+    assert "False" in marker.read_text()
+    assert tb.hf_cache_dir({"HF_HUB_CACHE": "/x/hub", "HF_HOME": "/y"}) == Path("/x/hub")
+
+
 def test_docs_show_the_same_build_table():
     docs = (ROOT / "docs" / "install.md").read_text(encoding="utf-8")
     assert tb.table_markdown() in docs, "refresh docs/install.md with: python scripts/torch_build.py table"
@@ -579,15 +631,26 @@ def test_cpu_choice_is_kept_and_announced(box):
     assert box.pip_calls() == [] and "chosen earlier with --cpu" in proc.stdout
 
 
-def test_extras_use_the_constraints_and_only_warn_on_failure(box):
+def test_extras_use_the_constraints_wheels_only_and_only_warn_on_failure(box):
     box.gpu(SMI_RTX5090_LINUX)
     proc = box.run("--extras", FAKE_PIP_FAIL="xformers")
     assert proc.returncode == 0, _out(proc)
-    extras = [c for c in box.pip_calls() if "xformers" in c]
+    extras = [c for c in box.pip_calls() if any("xformers" in a for a in c)]
     constraints = str(box.repo / ".venv" / "cinescribe-constraints.txt")
-    assert extras == [["install", "xformers", "-c", constraints, "--extra-index-url", CU + "cu128"]]
-    assert "Cinescribe works without them" in proc.stderr
+    assert extras == [["install", "--only-binary=:all:", "-c", constraints, "--extra-index-url", CU + "cu128",
+                       "xformers>=0.0.29"]]
+    assert "xformers>=0.0.29 could not be installed" in proc.stderr and "works without it" in proc.stderr
+    assert not any("triton-windows" in a for c in box.pip_calls() for a in c)  # Windows only
     assert len(box.app_runs()) == 1
+
+
+def test_extras_on_the_pypi_cu130_build_need_no_extra_index(box):
+    box.gpu(SMI_RTX3090_580)
+    proc = box.run("--extras", CINESCRIBE_EXTRAS="xformers flash-attn")
+    assert proc.returncode == 0, _out(proc)
+    extras = [c[-1] for c in box.pip_calls() if "--only-binary=:all:" in c]
+    assert extras == ["xformers>=0.0.29", "flash-attn>=2.6.3"]
+    assert not any("--extra-index-url" in c for c in box.pip_calls())
 
 
 def test_torch_index_override_from_the_environment(box, tmp_path):
@@ -622,8 +685,41 @@ def test_unsuitable_python_is_refused(tmp_path):
     old.chmod(0o755)
     proc = box.run(CINESCRIBE_PYTHON=str(old))
     assert proc.returncode == 1
-    assert "3.10-3.13" in proc.stderr
+    assert "3.11-3.13" in proc.stderr
     assert not (box.repo / ".venv").exists()
+
+
+def test_venv_elsewhere_with_cinescribe_venv(tmp_path, template_venv):
+    box = Sandbox(tmp_path, template=None)
+    elsewhere = tmp_path / "venvs" / "cinescribe"
+    shutil.copytree(template_venv, elsewhere, symlinks=True)
+    box.gpu(None)
+    proc = box.run(CINESCRIBE_VENV=str(elsewhere))
+    assert proc.returncode == 0, _out(proc)
+    assert not (box.repo / ".venv").exists()
+    assert (elsewhere / "cinescribe-setup.json").is_file()
+    assert box.app_runs()[0]["python"].startswith(str(elsewhere))
+    assert "spaces or brackets" not in _out(proc)
+
+
+def test_a_venv_path_with_spaces_gets_a_plain_one_suggested(tmp_path, template_venv):
+    box = Sandbox(tmp_path, template=None)
+    spaced = tmp_path / "my venvs (old)"
+    shutil.copytree(template_venv, spaced, symlinks=True)
+    box.gpu(None)
+    proc = box.run(CINESCRIBE_VENV=str(spaced))
+    assert proc.returncode == 0, _out(proc)
+    assert "spaces or brackets" in proc.stderr and "CINESCRIBE_VENV=" in proc.stderr
+
+
+def test_reinstall_never_deletes_a_folder_that_is_not_a_venv(tmp_path):
+    box = Sandbox(tmp_path, template=None)
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "thesis.txt").write_text("years of work")
+    proc = box.run("--reinstall", CINESCRIBE_VENV=str(precious))
+    assert proc.returncode == 1 and "not deleting it" in proc.stderr
+    assert (precious / "thesis.txt").exists()
 
 
 def test_shellcheck_passes():
@@ -710,7 +806,7 @@ def test_start_bat_structure():
     lines = [line for _, line in _code_lines()]
     assert lines[0].strip().lower() == "@echo off"
     assert re.search(r"^setlocal\b", text, flags=re.M | re.I)
-    assert 'cd /d "%~dp0"' in text
+    assert 'pushd "%~dp0"' in text
     delayed_uses = [line for line in lines if re.search(r"![A-Za-z_%~]", line) and "echo" in line.lower()]
     assert delayed_uses and "EnableDelayedExpansion" in text  # !var! only where it is enabled
     assert "exit /b %APP_CODE%" in text and '"%APP_CODE%"=="42"' in text
@@ -718,22 +814,43 @@ def test_start_bat_structure():
     for option in ("--cpu", "--update", "--reinstall", "--extras", "--help-launcher"):
         assert f'"{option}"' in text
     # every path variable is used quoted
-    for var in ("VENV_PY", "PY_EXE", "LOG", "PLAN", "CONSTRAINTS", "HELPER"):
+    for var in ("VENV", "VENV_PY", "PY_EXE", "LOG", "PLAN", "CONSTRAINTS", "HELPER", "HF_MARKER"):
         for line in lines:
             for match in re.finditer(rf"%{var}%", line):
                 before = line[: match.start()]
                 assert before.count('"') % 2 == 1 or line.lstrip().lower().startswith("set "), \
                     f"unquoted %{var}% in: {line.strip()}"
-    # the Python version check matches start.sh
-    assert "(3, 10) <= sys.version_info[:2] <= (3, 13)" in text
-    assert "(3, 10) <= sys.version_info[:2] <= (3, 13)" in (ROOT / "start.sh").read_text()
-    assert re.search(r"py -3\.12.*\n.*py -3\.11.*\n.*py -3\.10", text)
+    # the Python version check is torch_build's, in both launchers
+    assert text.count(tb.PYTHON_CHECK) == 2
+    assert (ROOT / "start.sh").read_text().count(tb.PYTHON_CHECK) == 1
+    assert re.search(r"py -3\.12.*\n.*py -3\.11.*\n.*py -3\.13", text)
+    assert "py -3.10" not in text
+
+
+def test_start_bat_checks_exit_codes_so_crashes_count_as_failures():
+    """`if errorlevel 1` is false for negative exit codes (crashes, 0xC0000005); && and || are
+    avoided too (Wine's cmd evaluates them wrongly, so the Wine tests could not cover them)."""
+    for number, line in _code_lines():
+        code = _unquoted(line)
+        assert not re.search(r"\bif\s+(not\s+)?errorlevel\b", code, flags=re.I), f"line {number}: {line}"
+        assert "&&" not in code and "||" not in code, f"line {number}: {line}"
 
 
 def test_gitattributes_pins_line_endings():
-    attributes = (ROOT / ".gitattributes").read_text()
-    assert re.search(r"^\*\.bat\s+text\s+eol=crlf", attributes, flags=re.M)
+    attributes = (ROOT / ".gitattributes").read_text(encoding="utf-8")
+    assert re.search(r"^\*\.bat\s+-text\b", attributes, flags=re.M)
     assert re.search(r"^\*\.sh\s+text\s+eol=lf", attributes, flags=re.M)
+
+
+def test_git_stores_start_bat_with_crlf_and_start_sh_with_lf():
+    """Stored as is: a raw download of start.bat (GitHub's "Raw" button) has CRLF too."""
+    git = shutil.which("git")
+    if git is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    proc = subprocess.run([git, "ls-files", "--eol", "start.bat", "start.sh"], cwd=ROOT,
+                          capture_output=True, text=True)
+    eol = {line.split()[-1]: line.split()[0] for line in proc.stdout.splitlines()}
+    assert eol == {"start.bat": "i/crlf", "start.sh": "i/lf"}, proc.stdout
 
 
 # ============================================================================================
