@@ -210,8 +210,8 @@ def run_nvidia_smi(env: dict[str, str] | None = None) -> tuple[str | None, str |
         return None, "nvidia-smi not found"
     for query in (SMI_QUERY, SMI_QUERY_OLD):
         try:
-            proc = subprocess.run([exe, *query], capture_output=True, text=True, errors="replace",
-                                  timeout=60, env=env)
+            proc = subprocess.run([exe, *query], capture_output=True, text=True, encoding="utf-8",
+                                  errors="replace", timeout=60, env=env)
         except (OSError, subprocess.SubprocessError) as exc:
             return None, f"nvidia-smi could not run ({exc})"
         if proc.returncode == 0 and proc.stdout.strip():
@@ -528,7 +528,7 @@ def install_extras(variant_name: str, platform: str, constraints: str, index_url
         module = EXTRA_MODULES.get(_dist_name(requirement))
         if module:
             probe = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True,
-                                   text=True, errors="replace")
+                                   text=True, encoding="utf-8", errors="replace")
             if probe.returncode != 0:
                 last = (probe.stderr.strip().splitlines() or ["?"])[-1]
                 say(f"WARNING: {requirement} was installed but does not load ({last}); the app "
