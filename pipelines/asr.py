@@ -322,6 +322,7 @@ class _Transcriber:
             self.max_new_tokens = min(self.max_new_tokens or DEMO_MAX_NEW_TOKENS, DEMO_MAX_NEW_TOKENS)
         self.time_precision = self.feature_extractor.chunk_length / self.model.config.max_source_positions
         self.first_file = True
+        self.stuck_on_cpu = False
 
     # --- batch size and out-of-memory ------------------------------------------------------------------
 
@@ -358,9 +359,8 @@ class _Transcriber:
             self.ctx.note(f"{name}: out of GPU memory with batch size {size}; retrying with {self.batch_size}.")
             return
         if self.device.startswith("cuda"):
-            record.append({"action": "retry on the CPU", "batch_size": self.batch_size, "error": message})
-            self.ctx.note(f"{name}: out of GPU memory even with batch size {self.batch_size}; "
-                          "retrying on the CPU (much slower).")
+            record.append({"action": "retry on the CPU", "batch_size": size, "error": message})
+            self.ctx.note(f"{name}: out of GPU memory even with batch size {size}; retrying on the CPU (much slower).")
             self.model.to("cpu", self.torch.float32)
             self.device = "cpu"
             free_memory(self.ctx.device)
@@ -368,16 +368,19 @@ class _Transcriber:
         raise RequestError(f"{name}: out of memory even on the CPU ({message}).", key="asr_out_of_memory", name=name)
 
     def _back_to_device(self) -> None:
-        """After a file finished on the CPU: the resident model goes back to the GPU (or is dropped)."""
-        if self.device == self.ctx.device:
+        """After a file finished on the CPU: the resident model goes back to the GPU. If even that fails, it
+        stays on the CPU for the rest of this job and leaves the resident set (the next job loads it afresh)."""
+        if self.device == self.ctx.device or self.stuck_on_cpu:
             return
         try:
             self.model.to(self.ctx.device, self.model_dtype)
             self.device = self.ctx.device
-        except Exception as error:  # could not move back: drop it, the next job loads it again
-            logger.warning("Could not move %s back to %s (%s); releasing it.", self.loaded.spec.title, self.ctx.device, error)
+        except Exception as error:
+            self.model.to("cpu", self.torch.float32)
+            self.stuck_on_cpu = True
+            self.ctx.note(f"{self.loaded.spec.title} could not go back to {self.ctx.device} ({type(error).__name__}); "
+                          "the rest of this job runs on the CPU and the model is released after it.")
             self.ctx.worker.models.evict(self.loaded.spec.id)
-            self.device = self.ctx.device
 
     def _attempt(self, name: str, record: list[dict], run, again: bool = True, size: int = 1):
         """``run()`` (on ``size`` windows at once), after out-of-memory retried (``again``) or answered with
