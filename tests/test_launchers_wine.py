@@ -375,22 +375,21 @@ def wine(tmp_path_factory) -> Wine:
                WINEDLLOVERRIDES="mscoree,mshtml=",  # no Mono / Gecko install dialogs
                SHIM_SPOOL=win(spool), PYTHONDONTWRITEBYTECODE="1", LC_ALL="C.UTF-8")
     started = time.monotonic()
-    subprocess.run(["wineboot", "--init"], env=env, capture_output=True, timeout=300, check=True)
-    subprocess.run(["wineserver", "-w"], env=env, capture_output=True, timeout=300)
-    prefix_seconds = time.monotonic() - started
-    # One wineserver for the whole session (each `wine cmd` then starts in well under a second).
-    server = subprocess.Popen(["wineserver", "-p", "-f"], env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
-    # Start Wine's background processes now, with no pipes to inherit.
-    subprocess.run(["wine", "cmd", "/c", "ver"], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL, timeout=120)
-    print(f"\n[wine] prefix created in {prefix_seconds:.1f} s")
-    yield Wine(env, shim, spool, prefix_seconds)
-    server.terminate()
     try:
-        server.wait(20)
-    except subprocess.TimeoutExpired:
-        server.kill()
+        subprocess.run(["wineboot", "--init"], env=env, capture_output=True, timeout=300, check=True)
+        subprocess.run(["wineserver", "-w"], env=env, capture_output=True, timeout=300)
+        prefix_seconds = time.monotonic() - started
+        # One wineserver for the whole session (each `wine cmd` then starts in well under a
+        # second), and Wine's background processes started now, with no pipes to inherit.
+        subprocess.run(["wineserver", "-p"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                       timeout=60)
+        subprocess.run(["wine", "cmd", "/c", "ver"], env=env, stdin=subprocess.DEVNULL,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
+        print(f"\n[wine] prefix created in {prefix_seconds:.1f} s")
+        yield Wine(env, shim, spool, prefix_seconds)
+    finally:
+        # Ends this prefix's wineserver and every Wine process it serves (nothing else).
+        subprocess.run(["wineserver", "-k"], env=env, capture_output=True, timeout=60)
 
 
 # --------------------------------------------------------------------------------------------
