@@ -81,6 +81,16 @@ static void put(HANDLE file, const wchar_t *text) {
     if (size > 0) WriteFile(file, buffer, (DWORD)size, &written, NULL); /* with its NUL */
 }
 
+/* cmd's ">nul" is Wine's NUL device, which a Linux process cannot inherit: give it /dev/null. */
+static HANDLE quiet(HANDLE handle, DWORD access) {
+    DWORD mode;
+    if (GetFileType(handle) != FILE_TYPE_CHAR || GetConsoleMode(handle, &mode)) return handle;
+    SECURITY_ATTRIBUTES inherit = {sizeof inherit, NULL, TRUE};
+    HANDLE null = CreateFileW(L"Z:\\dev\\null", access, FILE_SHARE_READ | FILE_SHARE_WRITE, &inherit,
+                              OPEN_EXISTING, 0, NULL);
+    return null == INVALID_HANDLE_VALUE ? handle : null;
+}
+
 int wmain(int argc, wchar_t **argv) {
     static wchar_t spool[MAX_PATH], request[MAX_PATH], temp[MAX_PATH], code_file[MAX_PATH];
     static wchar_t command[4 * MAX_PATH], exe[MAX_PATH], cwd[MAX_PATH], path[32767];
@@ -110,9 +120,9 @@ int wmain(int argc, wchar_t **argv) {
     STARTUPINFOW startup = {sizeof startup};
     PROCESS_INFORMATION process;
     startup.dwFlags = STARTF_USESTDHANDLES;
-    startup.hStdInput = GetStdHandle(STD_INPUT_HANDLE);
-    startup.hStdOutput = GetStdHandle(STD_OUTPUT_HANDLE);
-    startup.hStdError = GetStdHandle(STD_ERROR_HANDLE);
+    startup.hStdInput = quiet(GetStdHandle(STD_INPUT_HANDLE), GENERIC_READ);
+    startup.hStdOutput = quiet(GetStdHandle(STD_OUTPUT_HANDLE), GENERIC_WRITE);
+    startup.hStdError = quiet(GetStdHandle(STD_ERROR_HANDLE), GENERIC_WRITE);
     if (!CreateProcessW(NULL, command, NULL, NULL, TRUE, 0, NULL, NULL, &startup, &process)) {
         fprintf(stderr, "stand-in: cannot start the bridge (error %lu)\n", GetLastError());
         return 252;
@@ -381,7 +391,7 @@ def wine(tmp_path_factory) -> Wine:
         prefix_seconds = time.monotonic() - started
         # One wineserver for the whole session (each `wine cmd` then starts in well under a
         # second), and Wine's background processes started now, with no pipes to inherit.
-        subprocess.run(["wineserver", "-p"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        subprocess.run(["wineserver", "-p60"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                        timeout=60)
         subprocess.run(["wine", "cmd", "/c", "ver"], env=env, stdin=subprocess.DEVNULL,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
@@ -752,3 +762,56 @@ def test_torch_index_override_from_the_environment(box, tmp_path):
     assert result.returncode == 0, result.out
     # (torch_build.py runs on Linux here, so it sees the folder by its Linux name.)
     assert box.torch_install() == ["torch==2.11.0+cu126", "--no-index", "--find-links", str(wheels)]
+
+
+def test_an_app_error_keeps_the_window_open(box):
+    box.gpu(None)
+    result = box.run(codes=(1,), no_pause=False, stdin="\r\n")
+    assert result.returncode == 1, result.out
+    assert "exited with code 1" in result.out and "Press any key" in result.out
+
+
+def test_hf_symlink_check_runs_once_and_the_warning_is_silenced(box, tmp_path):
+    box.gpu(None)
+    result = box.run(HF_HOME=win(tmp_path / "hf"))
+    assert result.returncode == 0, result.out
+    marker = box.repo / ".venv" / "cinescribe-hf-symlinks.txt"
+    assert marker.is_file()  # symlinks work on Linux, so no note was printed here
+    assert any("hf-symlinks" in c["args"] for c in box.all_calls())
+    assert box.app_runs()[0]["env"]["HF_HUB_DISABLE_SYMLINKS_WARNING"] == "1"
+    result = box.run(HF_HOME=win(tmp_path / "hf"))
+    assert result.returncode == 0 and not any("hf-symlinks" in c["args"] for c in box.all_calls())
+
+
+def test_environment_elsewhere_with_cinescribe_venv(tmp_path, wine):
+    box = WineBox(tmp_path, wine, folder="Jane Doe (downloads)", venv=False)
+    box.gpu(SMI_RTX4090_WIN)
+    plain = tmp_path / "cinescribe-venv"
+    result = box.run(CINESCRIBE_VENV=win(plain))
+    assert result.returncode == 0, result.out
+    assert "spaces or brackets" not in result.out
+    assert not (box.repo / ".venv").exists() and (plain / "Scripts" / "python.exe").is_file()
+    assert (plain / "cinescribe-setup.json").is_file()
+    run = box.app_runs()[0]
+    assert run["python"] == win(plain / "Scripts" / "python.exe") and run["cwd"] == win(box.repo)
+
+
+def test_reinstall_never_deletes_a_folder_that_is_not_a_venv(box, tmp_path):
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "thesis.txt").write_text("years of work")
+    result = box.run('"{bat}" --reinstall', CINESCRIBE_VENV=win(precious))
+    assert result.returncode == 1, result.out
+    assert "not deleting it" in result.out and (precious / "thesis.txt").exists()
+
+
+def test_a_32_bit_python_is_refused_and_cinescribe_python_is_honoured(tmp_path, wine):
+    box = WineBox(tmp_path, wine, venv=False, pythons={"3.12": {"version": "3.12.7", "bits": 32}})
+    result = box.run()
+    assert result.returncode == 1 and "64-bit Python" in result.out, result.out
+    chosen = box.add_python(tmp_path / "Portable Python", {"version": "3.11.9"})
+    box.gpu(None)
+    result = box.run(CINESCRIBE_PYTHON=win(chosen))
+    assert result.returncode == 0, result.out
+    venv_call = next(c for c in box.all_calls() if c["args"][:2] == ["-m", "venv"])
+    assert venv_call["exe"] == win(chosen)

@@ -58,6 +58,7 @@ POSIX_PATHS = re.compile(r"^(/tmp(/|$)|/dev/|/proc/|/var/|/etc/|/usr/|~/)")
 SPAWNING_CALLS = {"subprocess.run", "subprocess.Popen", "subprocess.call", "subprocess.check_call",
                   "subprocess.check_output", "os.system", "os.popen", "multiprocessing.Process",
                   "multiprocessing.Pool", "Process", "Pool", "ProcessPoolExecutor"}
+PATHLIB_ONLY = ("pipelines/", "ui/")  # and app.py; scripts/ may use os.path (torch_build: stdlib only)
 SUBPROCESS_TEXT_CALLS = {"run", "Popen", "call", "check_call", "check_output"}
 TEXT_MODE = re.compile(r"^[rwxa+tU]*$")
 GUARD_WORDS = ("sys.platform", "os.name", "platform.system", "hasattr(", "WINDOWS", "POSIX", "IS_WIN")
@@ -118,6 +119,7 @@ class _Scanner(ast.NodeVisitor):
         self.os_aliases = {"os"}
         self.signal_aliases = {"signal"}
         self.imported_names: dict[str, str] = {}  # local name -> module.attr (from os import fork)
+        self.pathlib_only = self.rel == "app.py" or self.rel.startswith(PATHLIB_ONLY)
 
     # -- bookkeeping ------------------------------------------------------------------------
     def visit(self, node):
@@ -215,8 +217,14 @@ class _Scanner(ast.NodeVisitor):
                 and isinstance(node.args[0], ast.Constant) and node.args[0].value == "HOME":
             self._report(node, "$HOME (not set on Windows: use Path.home())")
         resolved = self.imported_names.get(name, name)
-        if not self._in_function() and not self._in_main_guard() and resolved in SPAWNING_CALLS:
+        at_import = not self._in_function() and not self._in_main_guard()
+        if at_import and resolved in SPAWNING_CALLS:
             self._report(node, "process spawned at import (Windows re-imports modules in child processes)")
+        if at_import and name in ("main", "sys.exit") and not any(
+                isinstance(p, ast.ClassDef) for p in self.stack[:-1]):
+            self._report(node, "script body runs at import (put it under if __name__ == '__main__')")
+        if self.pathlib_only and name.startswith(tuple(f"{alias}.path." for alias in self.os_aliases)):
+            self._report(node, f"{name} (the app uses pathlib)", False)
         self.generic_visit(node)
 
     def visit_Subscript(self, node: ast.Subscript):
@@ -359,6 +367,9 @@ SCANNER_CASES = [
     ("import logging\nlogging.FileHandler('a.log')\n", ["logging.FileHandler without encoding="]),
     ("import tempfile\ntempfile.NamedTemporaryFile('w')\ntempfile.NamedTemporaryFile()\n",
      ["NamedTemporaryFile() in text mode without encoding="]),
+    ("import sys\ndef main():\n    return 0\nsys.exit(main())\n",
+     ["script body runs at import (put it under if __name__ == '__main__')"] * 2),
+    ("import sys\ndef main():\n    return 0\nif __name__ == '__main__':\n    sys.exit(main())\n", []),
 ]
 
 
@@ -368,6 +379,16 @@ def test_the_scanner_finds_what_it_should(tmp_path, monkeypatch, source, kinds):
     path = tmp_path / "case.py"
     path.write_text(source, encoding="utf-8")
     assert [f.kind for f in scan([path])] == kinds
+
+
+def test_the_app_uses_pathlib_not_os_path(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    source = "import os\np = os.path.join('a', 'b')\n"
+    for rel in ("pipelines/case.py", "scripts/case.py"):
+        (tmp_path / rel).parent.mkdir(exist_ok=True)
+        (tmp_path / rel).write_text(source, encoding="utf-8")
+    assert [str(f) for f in scan([tmp_path / "pipelines/case.py", tmp_path / "scripts/case.py"])] == [
+        "pipelines/case.py:2: os.path.join (the app uses pathlib): os.path.join('a', 'b')"]
 
 
 # --------------------------------------------------------------------------------------------
