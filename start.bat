@@ -114,6 +114,8 @@ call :find_python
 if not defined PY_EXE goto :fail_end
 set "SAY_TEXT=Creating the Python environment %VENV% with %PY_EXE%"
 call :say_var "" SAY_TEXT
+set "VENV_EXISTED=0"
+if exist "%VENV%\" set "VENV_EXISTED=1"
 "%PY_EXE%" -m venv "%VENV%" >>"%LOG%" 2>&1
 if %ERRORLEVEL% NEQ 0 goto :venv_failed
 set "FRESH_VENV=1"
@@ -257,7 +259,8 @@ goto :fail_end
 :venv_failed
 call :err "Could not create the Python environment; see logs\setup.log."
 call :err "Reinstall Python from python.org with the standard options, or try another Python version."
-if exist "%VENV%\" rmdir /s /q "%VENV%"
+rem Only what this run created is removed (CINESCRIBE_VENV may name a folder that existed).
+if "%VENV_EXISTED%"=="0" if exist "%VENV%\" rmdir /s /q "%VENV%"
 goto :fail_end
 
 :venv_bad

@@ -181,8 +181,11 @@ if [ ! -x "$VENV_PY" ]; then
     BASE_PY=""
     find_python
     say "Creating the Python environment $VENV with $BASE_PY (Python $(python_version "$BASE_PY"))"
+    venv_existed=0
+    [ -d "$VENV" ] && venv_existed=1
     if ! "$BASE_PY" -m venv "$VENV" >>"$LOG" 2>&1; then
-        rm -rf -- "$VENV"
+        # Only what this run created is removed (CINESCRIBE_VENV may name a folder that existed).
+        [ "$venv_existed" = 0 ] && rm -rf -- "$VENV"
         fail "Could not create the virtual environment with $BASE_PY." \
             "On Debian/Ubuntu the venv module is a separate package: sudo apt install python3-venv" \
             "(or python3.X-venv matching your Python), then run ./start.sh again."

@@ -712,6 +712,22 @@ def test_a_venv_path_with_spaces_gets_a_plain_one_suggested(tmp_path, template_v
     assert "spaces or brackets" in proc.stderr and "CINESCRIBE_VENV=" in proc.stderr
 
 
+def test_a_failed_venv_creation_removes_only_what_it_created(tmp_path):
+    box = Sandbox(tmp_path, template=None)
+    python = tmp_path / "python-without-venv"
+    python.write_text(f'#!/bin/sh\ncase "$*" in *"-m venv"*) echo "no venv module" >&2; exit 1;; esac\n'
+                      f'exec "{sys.executable}" "$@"\n')
+    python.chmod(0o755)
+    proc = box.run(CINESCRIBE_PYTHON=str(python))
+    assert proc.returncode == 1 and "python3-venv" in proc.stderr
+    assert not (box.repo / ".venv").exists()
+    mine = tmp_path / "my-folder"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    proc = box.run(CINESCRIBE_PYTHON=str(python), CINESCRIBE_VENV=str(mine))
+    assert proc.returncode == 1 and (mine / "notes.txt").exists()
+
+
 def test_reinstall_never_deletes_a_folder_that_is_not_a_venv(tmp_path):
     box = Sandbox(tmp_path, template=None)
     precious = tmp_path / "precious"

@@ -815,3 +815,16 @@ def test_a_32_bit_python_is_refused_and_cinescribe_python_is_honoured(tmp_path, 
     assert result.returncode == 0, result.out
     venv_call = next(c for c in box.all_calls() if c["args"][:2] == ["-m", "venv"])
     assert venv_call["exe"] == win(chosen)
+
+
+def test_a_failed_venv_creation_removes_only_what_it_created(tmp_path, wine):
+    box = WineBox(tmp_path, wine, venv=False)
+    result = box.run(FAKE_VENV_FAIL="1")
+    assert result.returncode == 1 and "Could not create the Python environment" in result.out, result.out
+    assert not (box.repo / ".venv").exists()
+    mine = tmp_path / "my-folder"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    result = box.run(FAKE_VENV_FAIL="1", CINESCRIBE_VENV=win(mine))
+    assert result.returncode == 1, result.out
+    assert (mine / "notes.txt").exists()
