@@ -27,6 +27,8 @@ if not exist "scripts\torch_build.py" goto :no_root
 rem Where the Python environment lives: .venv here, or CINESCRIBE_VENV (made absolute).
 set "VENV=%CD%\.venv"
 if defined CINESCRIBE_VENV for %%I in ("%CINESCRIBE_VENV%") do set "VENV=%%~fI"
+rem No trailing backslash: in "C:\venv\" the C runtime takes \" for a quote and mangles the arguments.
+if "%VENV:~-1%"=="\" set "VENV=%VENV:~0,-1%"
 set "VENV_PY=%VENV%\Scripts\python.exe"
 set "HELPER=scripts\torch_build.py"
 set "PLAN=%VENV%\cinescribe-plan.env"

@@ -619,10 +619,14 @@ def selection_fields(selection: Selection, platform: str) -> dict[str, str]:
 
 
 def cmd_quote(arg: str) -> str:
-    """Quote one argument for a cmd.exe command line (pip specs like torch<2.12 contain '<')."""
+    """Quote one argument for a cmd.exe command line (pip specs like torch<2.12 contain '<').
+
+    Backslashes right before the closing quote are doubled: the C runtime reads ``\\"`` as a
+    literal quote, so ``"C:\\wheels\\"`` would swallow the rest of the command line."""
     if arg and not re.search(r'[\s<>|&^()%!,;="]', arg.replace("==", "")):
         return arg
-    return '"' + arg.replace('"', '') + '"'
+    inner = arg.replace('"', '')
+    return '"' + inner + "\\" * (len(inner) - len(inner.rstrip("\\"))) + '"'
 
 
 def write_fields(fields: dict[str, str], stream, pip_args: list[str] | None = None) -> None:

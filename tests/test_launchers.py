@@ -204,6 +204,7 @@ def test_every_cuda_variant_is_consistent():
 def test_cmd_quoting_of_pip_args():
     assert tb.cmd_quote("torch==2.11.0+cu128") == "torch==2.11.0+cu128"
     assert tb.cmd_quote("torch<2.12") == '"torch<2.12"'
+    assert tb.cmd_quote("C:\\my wheels\\") == '"C:\\my wheels\\\\"'  # else \" would be a quote
     fields = tb.selection_fields(pick(SMI_RTX4090_WIN, "win32"), "win32")
     assert fields["PIP_ARGS"] == "torch==2.11.0+cu126 --index-url " + CU + "cu126"
 

@@ -828,3 +828,13 @@ def test_a_failed_venv_creation_removes_only_what_it_created(tmp_path, wine):
     result = box.run(FAKE_VENV_FAIL="1", CINESCRIBE_VENV=win(mine))
     assert result.returncode == 1, result.out
     assert (mine / "notes.txt").exists()
+
+
+def test_a_trailing_backslash_in_cinescribe_venv_does_not_break_the_arguments(box, tmp_path):
+    plain = tmp_path / "venv"
+    box.gpu(None)
+    result = box.run(CINESCRIBE_VENV=win(plain) + "\\")
+    assert result.returncode == 0, result.out
+    plan = next(c for c in box.all_calls() if "plan" in c["args"])
+    assert plan["args"][plan["args"].index("--venv") + 1] == win(plain)
+    assert (plain / "cinescribe-setup.json").is_file()
