@@ -381,12 +381,17 @@ call :say_var "ERROR: " SAY_TEXT
 exit /b 0
 
 :say_var
-rem Print and log "prefix + value of the variable named %2". Delayed expansion prints the value
-rem without cmd parsing it, so messages may contain ( ) < > & and the like.
+rem Print and log "prefix + value of the variable named %2". The log is opened out here, where
+rem delayed expansion is off: with it on, a "!" in the folder's name would be eaten from the path.
+call :echo_var %1 %2
+>>"%LOG%" call :echo_var %1 %2
+exit /b 0
+
+:echo_var
+rem Delayed expansion prints the value without cmd parsing it: ( ) < > & and the like are fine.
 setlocal EnableDelayedExpansion
 set "SAY_PREFIX=%~1"
 echo [cinescribe] !SAY_PREFIX!!%~2!
->>"%LOG%" echo [cinescribe] !SAY_PREFIX!!%~2!
 endlocal
 exit /b 0
 

@@ -461,15 +461,19 @@ class WineBox:
 
     def run(self, command: str = '"{bat}"', *, codes=(0,), cwd: Path | None = None, stdin: str | None = None,
             no_pause: bool = True, **env: str) -> Result:
-        """Run ``command`` (a cmd line; ``{bat}`` is start.bat's Windows path) under Wine's cmd."""
+        """Run ``command`` (a cmd line; ``{bat}`` is start.bat's Windows path) under Wine's cmd.
+
+        The path comes in through a variable: cmd reads run.bat in the OEM code page, which
+        cannot spell every folder name; the environment is Unicode."""
         for path in (self.calls, self.app_state):
             path.unlink(missing_ok=True)
         script = self.root / "run.bat"
         lines = ["@echo off", f'set "PATH={win(self.bin)};%PATH%"',
-                 command.format(bat=win(self.repo / "start.bat")),
+                 command.format(bat=r"%TEST_REPO%\start.bat"),
                  "exit /b %ERRORLEVEL%"]  # cmd /c gives the batch file's errorlevel back
         script.write_bytes("\r\n".join(lines + [""]).encode())
-        run_env = dict(self.wine.env, FAKE_CALLS=str(self.calls), FAKE_APP_STATE=str(self.app_state),
+        run_env = dict(self.wine.env, TEST_REPO=win(self.repo),
+                       FAKE_CALLS=str(self.calls), FAKE_APP_STATE=str(self.app_state),
                        FAKE_SMI_ANSWER=str(self.smi_answer), FAKE_APP_CODES=json.dumps(list(codes)),
                        FAKE_PY_INSTALLS=";".join(f"{v}={win(p)}" for v, p in self.installs.items()))
         if no_pause:
@@ -838,3 +842,17 @@ def test_a_trailing_backslash_in_cinescribe_venv_does_not_break_the_arguments(bo
     plan = next(c for c in box.all_calls() if "plan" in c["args"])
     assert plan["args"][plan["args"].index("--venv") + 1] == win(plain)
     assert (plain / "cinescribe-setup.json").is_file()
+
+
+@pytest.mark.parametrize("folder", ["Wow! cinescribe", "视频 工作室"])
+def test_unusual_folder_names(tmp_path, wine, folder):
+    """A "!" must not be eaten where delayed expansion is on; Chinese must survive cmd.
+    (Not "&": Wine's cmd cannot start a batch file whose quoted path has one; Windows can.)"""
+    box = WineBox(tmp_path, wine, folder=folder)
+    box.gpu(SMI_RTX4090_WIN)
+    result = box.run('"{bat}" --port 7861', codes=(42, 0))
+    assert result.returncode == 0, result.out
+    assert box.torch_install() == ["torch==2.11.0+cu126", "--index-url", CU + "cu126"]
+    assert [run["cwd"] for run in box.app_runs()] == [win(box.repo)] * 2
+    log = box.log()
+    assert "RTX 4090" in log and "asked for a restart" in log
