@@ -17,6 +17,8 @@ ROOT="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd -P)" || exit 1
 cd -- "$ROOT" || exit 1
 
 VENV="${CINESCRIBE_VENV:-$ROOT/.venv}"
+case "$VENV" in /*) ;; *) VENV="$ROOT/$VENV" ;; esac  # relative: to the Cinescribe folder
+VENV="${VENV%/}"
 VENV_PY="$VENV/bin/python"
 HELPER="$ROOT/scripts/torch_build.py"
 REQUIREMENTS="$ROOT/requirements.txt"
