@@ -16,11 +16,14 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_UNSAFE = re.compile(r"[^\w.-]+")  # \w is Unicode: 你好.wav keeps its name
 
 
 def safe_tag(text: str, limit: int = 40) -> str:
-    """A file-name-safe version of ``text`` (letters, digits, ``._-``); never empty."""
+    """A file-name-safe version of ``text`` (letters of any script, digits, ``._-``); never empty.
+
+    Path separators, ``..``, spaces and characters Windows forbids all become ``-``.
+    """
     tag = _UNSAFE.sub("-", str(text)).strip("-._")[:limit]
     return tag or "output"
 

@@ -330,8 +330,8 @@ class GPUWorker:
             out_of_memory = is_out_of_memory(error)
             if out_of_memory:
                 message = (
-                    "Out of GPU memory. Try fewer frames or a lower resolution, or start the app with "
-                    "--offload model and --vae-tiling; Release VRAM frees models kept from earlier jobs."
+                    "Out of GPU memory. Release VRAM frees models kept from earlier jobs; for video, try fewer "
+                    "frames or a lower resolution, or start the app with --offload model and --vae-tiling."
                 )
                 key = "oom"
             else:

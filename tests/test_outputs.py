@@ -43,7 +43,8 @@ def test_a_full_disk_is_said_plainly(tmp_path):
 
 def test_file_names_from_users_are_sanitised():
     assert safe_tag("../../etc/passwd") == "etc-passwd"
-    assert safe_tag("日本語") == "output"
+    assert safe_tag("日本語 采访.wav") == "日本語-采访.wav"
+    assert safe_tag("..") == "output" and safe_tag('a<b>:"c|?*') == "a-b-c"
     assert safe_tag("a b?c") == "a-b-c"
 
 

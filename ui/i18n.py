@@ -96,8 +96,8 @@ STRINGS: dict[str, dict[str, str]] = {
         "err_duration_type": "Duration must be a number, not {value}.",
         "err_duration_range": "Duration must be between {low:g} and {high:g} seconds, not {value:g}.",
         "err_model_missing": "{model} ({repo}) is not on this machine. Fetch it with: {command}",
-        "err_oom": "Out of GPU memory. Try fewer frames or a lower resolution, or start with --offload model "
-        "and --vae-tiling; Release VRAM frees models kept from earlier jobs.",
+        "err_oom": "Out of GPU memory. Release VRAM frees models kept from earlier jobs; for video, try fewer "
+        "frames or a lower resolution, or start with --offload model and --vae-tiling.",
         "err_restarting": "The app is restarting; try again in a moment.",
         "doctor_run": "Run checks",
         "doctor_header": "**Checks** (the same as `python scripts/doctor.py`)",
@@ -192,8 +192,8 @@ STRINGS: dict[str, dict[str, str]] = {
         "err_duration_type": "时长必须是数字，而不是 {value}。",
         "err_duration_range": "时长必须在 {low:g} 到 {high:g} 秒之间，而不是 {value:g}。",
         "err_model_missing": "本机没有 {model}（{repo}）。下载命令：{command}",
-        "err_oom": "GPU 显存不足。请减少帧数或降低分辨率，或使用 --offload model 和 --vae-tiling 启动；"
-        "“释放显存”可卸载之前任务留下的模型。",
+        "err_oom": "GPU 显存不足。“释放显存”可卸载之前任务留下的模型；视频任务可减少帧数或降低分辨率，"
+        "或使用 --offload model 和 --vae-tiling 启动。",
         "err_restarting": "应用正在重启，请稍后再试。",
         "doctor_run": "运行检查",
         "doctor_header": "**检查结果**（与 `python scripts/doctor.py` 相同）",

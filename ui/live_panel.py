@@ -31,8 +31,10 @@ def progress_html(lang: str, current: dict | None) -> str:
     total = max(1, current.get("total") or 1)
     percent = 100.0 * (current.get("step") or 0) / total
     stage = t(lang, f"stage_{current['stage']}") if current.get("stage") else ""
-    text = t(lang, "status_running", clip=current.get("clip", 1), clips=current.get("clips", 1), stage=stage,
-             step=current.get("step", 0), total=total)
+    key = "asr_status_running" if current.get("task") == "asr" else "status_running"  # files, not clips
+    clip, clips = current.get("clip", 1), current.get("clips", 1)
+    text = t(lang, key, clip=clip, clips=clips, file=clip, files=clips, stage=stage, step=current.get("step", 0),
+             total=total)
     if current.get("it_per_s"):
         text += f" · {current['it_per_s']:.2f} it/s"
     if current.get("eta_s") is not None and current.get("stage") == "denoise":
