@@ -95,7 +95,7 @@ def build_i2vgen_xl():
         # attention only at the lower level keeps a CPU demo job at a few seconds
         down_block_types=("DownBlock3D", "CrossAttnDownBlock3D"),
         up_block_types=("CrossAttnUpBlock3D", "UpBlock3D"),
-        block_out_channels=(32, 64),
+        block_out_channels=(16, 32),
         layers_per_block=1,
         norm_num_groups=8,
         cross_attention_dim=_CLIP_DIM,

@@ -366,17 +366,23 @@ I2V_MAX_AREA = {
     "768p": 1344 * 768,
 }
 DEMO_I2V_RESOLUTIONS = ("128p", "256p", "480p")
-# (frames for Wan, frames for I2VGen-XL, steps) of each preset in --demo mode: seconds on a CPU.
-_DEMO_I2V_SIZES = {"Preview": (9, 8, 4), "Quick preview": (9, 8, 4), "Turbo": (9, 8, 4), "Standard": (17, 16, 8),
-                   "High quality": (17, 16, 12)}
+# (resolution, frames for Wan, frames for I2VGen-XL, steps) of each preset in --demo mode: seconds on a CPU,
+# like T2V's DEMO_PRESETS.
+_DEMO_I2V_SIZES = {
+    "Preview": ("128p", 9, 8, 4),
+    "Quick preview": ("128p", 9, 8, 4),
+    "Turbo": ("128p", 9, 8, 4),
+    "Standard": ("256p", 17, 16, 8),
+    "High quality": ("256p", 17, 16, 12),
+}
 
 
 def demo_i2v_presets(spec: ModelSpec) -> tuple[VideoPreset, ...]:
-    """The spec's presets made small for --demo: same names, guidance and shift; 256p, few frames and steps."""
+    """The spec's presets made small for --demo: same names, guidance and shift; few pixels, frames and steps."""
     presets = []
     for preset in spec.presets:
-        wan_frames, other_frames, steps = _DEMO_I2V_SIZES.get(preset.name, (9, 8, 4))
+        resolution, wan_frames, other_frames, steps = _DEMO_I2V_SIZES.get(preset.name, ("128p", 9, 8, 4))
         frames = wan_frames if spec.extra.get("family") == "wan" else other_frames
-        presets.append(VideoPreset(preset.name, "256p", frames, min(steps, preset.steps), preset.guidance, preset.shift,
-                                   preset.changes_output))
+        presets.append(VideoPreset(preset.name, resolution, frames, min(steps, preset.steps), preset.guidance,
+                                   preset.shift, preset.changes_output))
     return tuple(presets)
