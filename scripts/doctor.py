@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
-SUPPORTED_PYTHON = ((3, 10), (3, 13))
+from torch_build import PYTHON_SUPPORTED as SUPPORTED_PYTHON  # noqa: E402  (one range for launchers and doctor)
 DISK_WARN_GB, DISK_FAIL_GB = 30.0, 3.0
 
 
@@ -92,7 +92,8 @@ def _smi(arguments: list[str]) -> str:
     if not exe:
         return ""
     try:
-        result = subprocess.run([exe, *arguments], capture_output=True, text=True, timeout=20, check=False)
+        result = subprocess.run([exe, *arguments], capture_output=True, text=True, encoding="utf-8",
+                                errors="replace", timeout=20, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return ""
     return result.stdout if result.returncode == 0 else ""

@@ -84,7 +84,8 @@ def test_ffmpeg_missing_fails_with_the_fix(monkeypatch):
 
 
 def test_unsupported_python_and_full_disk_fail_with_a_fix(tmp_path, monkeypatch):
-    assert doctor.check_python((3, 9)).status == doctor.FAIL
+    assert doctor.check_python((3, 10)).status == doctor.FAIL  # diffusers 0.42 needs 3.11
+    assert doctor.check_python((3, 14)).status == doctor.FAIL
     assert doctor.check_python((3, 11)).status == doctor.OK
     monkeypatch.setattr(doctor, "DISK_FAIL_GB", 1e9)
     check = doctor.check_disk("outputs", tmp_path / "not-yet-created")

@@ -300,10 +300,8 @@ if __name__ == "__main__":
 # Findings in code owned by others: xfail(strict=True) until the owner fixes them
 # --------------------------------------------------------------------------------------------
 
-KNOWN_FINDINGS = [
+KNOWN_FINDINGS: list[tuple[int | str, ...]] = [
     # (path, line when found, kind, code)
-    ("scripts/doctor.py", 95, "subprocess text mode without encoding= (decodes with the Windows code page)",
-     "subprocess.run([exe, *arguments], capture_output=True, text=True, timeout=20, check=False)"),
 ]
 
 
