@@ -43,15 +43,14 @@ def size_note(lang: str, image_path, model_id: str, resolution: str, aspect: str
     """The size note under the controls and the first frame as the clip will start (or None)."""
     try:
         spec = get_spec(model_id)
-        if not image_path:
+        if not image_path:  # no image yet: the size a 16:9 photo (or the chosen ratio) would get
             preset = preset_for(spec, "", demo)
-            probe = I2VRequest(image=None, prompt="x", model=model_id, resolution=resolution, frames=frames, fps=fps,
-                               fit=fit, aspect="16:9" if aspect in ("", "image") else aspect)
-            if resolution not in resolutions_for(spec, demo):
-                raise RequestError(f"{spec.title} offers {', '.join(resolutions_for(spec, demo))}, not {resolution!r}.",
+            allowed = resolutions_for(spec, demo)
+            if resolution not in allowed:
+                raise RequestError(f"{spec.title} offers {', '.join(allowed)}, not {resolution!r}.",
                                    key="i2v_resolution", model=spec.title, value=str(resolution),
-                                   allowed=", ".join(resolutions_for(spec, demo)))
-            ratio = aspect_value(probe.aspect, 16, 9)
+                                   allowed=", ".join(allowed))
+            ratio = aspect_value("16:9" if aspect in ("", "image", None) else aspect, 16, 9)
             width, height = output_size(ratio, I2V_MAX_AREA[resolution], spec.extra.get("size_multiple", 16))
             count = int(frames) if frames not in (None, "") else preset.frames
             rate = int(fps) if fps not in (None, "", 0) else spec.fps
@@ -82,8 +81,14 @@ def recent_clips(outputs_dir: Path, limit: int = RECENT_CLIPS) -> list[tuple[str
     root = Path(outputs_dir)
     if not root.is_dir():
         return []
-    clips = sorted(root.glob("*/*.mp4"), key=lambda p: p.stat().st_mtime, reverse=True)[:limit]
-    return [(f"{p.parent.name} / {p.name}", str(p)) for p in clips]
+    dated = []
+    for path in root.glob("*/*.mp4"):
+        try:
+            dated.append((path.stat().st_mtime, path))
+        except OSError:  # removed while we looked
+            continue
+    dated.sort(reverse=True)
+    return [(f"{p.parent.name} / {p.name}", str(p)) for _, p in dated[:limit]]
 
 
 def build_i2v_tab(worker, settings, translator: Translator, lang_state: gr.State) -> list:
@@ -269,7 +274,7 @@ def build_i2v_tab(worker, settings, translator: Translator, lang_state: gr.State
         spec_id = model_id or DEFAULT_MODEL["i2v"]
         i2v_request = I2VRequest(
             image=image_path, last_image=last_path or None, prompt=prompt_text,
-            negative_prompt=negative_text if negative_text is not None else None, model=spec_id,
+            negative_prompt=negative_text, model=spec_id,  # None (API): the model's own
             preset=preset_name or "", resolution=res or "", aspect=asp or "image", fit=fit_mode or "crop",
             frames=n_frames, duration_s=seconds or None, steps=n_steps, guidance=cfg, shift=flow_shift,
             seed=-1 if seed_value in (None, "") else seed_value, fps=frame_rate, clips=n_clips or 1,
