@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .jobs import Job, JobCancelled, RequestError
+from .jobs import Job, JobCancelled, RequestError, parse_number
 from .registry import DEFAULT_MODEL, get_spec
 
 logger = logging.getLogger(__name__)
@@ -130,23 +130,6 @@ class WhisperBundle:
 # --- validation ----------------------------------------------------------------------------------------
 
 
-def _number(value: Any, name: str, kind: type, low: float, high: float, key: str) -> Any:
-    if isinstance(value, str):
-        value = value.strip()
-    try:
-        number = float(value)
-        if not math.isfinite(number) or (kind is int and number != int(number)):
-            raise ValueError
-        number = int(number) if kind is int else number
-    except (TypeError, ValueError):
-        whole = "a whole number" if kind is int else "a number"
-        raise RequestError(f"{name} must be {whole}, not {value!r}.", key=f"{key}_type", value=str(value)) from None
-    if not low <= number <= high:
-        raise RequestError(f"{name} must be between {low:g} and {high:g}, not {number:g}.", key=f"{key}_range",
-                           low=low, high=high, value=number)
-    return number
-
-
 def language_code(value: Any) -> str:
     """``"auto"`` or the Whisper code for a code, a name (English), or a token like ``<|yue|>``."""
     text = str(value or "").strip().lower()
@@ -203,13 +186,13 @@ def validate_asr(request: ASRRequest, demo: bool = False) -> ASRRequest:
         language=language_code(request.language),
         task=task,
         mode=mode,
-        batch_size=_number(request.batch_size or 0, "Batch size", int, 0, MAX_BATCH_SIZE, "asr_batch"),
+        batch_size=parse_number(request.batch_size or 0, "Batch size", int, 0, MAX_BATCH_SIZE, "asr_batch"),
         word_timestamps=bool(request.word_timestamps),
-        max_line_chars=_number(request.max_line_chars, "Characters per line", int, 10, 120, "asr_line_chars"),
-        max_lines=_number(request.max_lines, "Lines per subtitle", int, 1, 4, "asr_lines"),
-        max_cue_seconds=_number(request.max_cue_seconds, "Subtitle duration", float, 1.0, 30.0, "asr_cue_seconds"),
-        max_new_tokens=_number(request.max_new_tokens or 0, "Tokens per window", int, 0, 440, "asr_tokens"),
-        max_duration_s=_number(request.max_duration_s or MAX_DURATION_S, "Longest file", float, 1.0, MAX_DURATION_S,
+        max_line_chars=parse_number(request.max_line_chars, "Characters per line", int, 10, 120, "asr_line_chars"),
+        max_lines=parse_number(request.max_lines, "Lines per subtitle", int, 1, 4, "asr_lines"),
+        max_cue_seconds=parse_number(request.max_cue_seconds, "Subtitle duration", float, 1.0, 30.0, "asr_cue_seconds"),
+        max_new_tokens=parse_number(request.max_new_tokens or 0, "Tokens per window", int, 0, 440, "asr_tokens"),
+        max_duration_s=parse_number(request.max_duration_s or MAX_DURATION_S, "Longest file", float, 1.0, MAX_DURATION_S,
                                "asr_max_duration"),
         notes=[*request.notes, *notes],
     )

@@ -28,10 +28,9 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from .images import FITS, InputImage, aspect_value, fit_image, load_image, output_size
-from .jobs import Job, JobCancelled, RequestError
+from .jobs import Job, JobCancelled, RequestError, parse_number
 from .registry import (
     DEFAULT_MODEL,
     DEMO_I2V_RESOLUTIONS,
@@ -42,8 +41,9 @@ from .registry import (
     get_spec,
     snap_frames,
 )
-from .t2v import DEFAULT_NEGATIVE_PROMPT as WAN_NEGATIVE_PROMPT
-from .t2v import MAX_CLIPS, MAX_PROMPT_CHARS, PREVIEW_UPDATES, PREVIEW_UPSCALE, _number
+from .video import DEFAULT_NEGATIVE_PROMPT as WAN_NEGATIVE_PROMPT
+from .video import video_sidecar
+from .video import MAX_CLIPS, MAX_PROMPT_CHARS, PREVIEW_UPDATES, PREVIEW_UPSCALE
 
 logger = logging.getLogger(__name__)
 
@@ -161,15 +161,15 @@ def check_i2v(request: I2VRequest, demo: bool = False) -> tuple[I2VRequest, Inpu
         notes.append(f"The image is {image.width} x {image.height}: too far from square for a clip, so it is "
                      f"{'cropped' if fit == 'crop' else 'padded'} to {width} x {height}.")
 
-    fps = _number(request.fps if request.fps not in (None, "", 0) else spec.fps, "Frames per second", int, 1, 60, "fps")
+    fps = parse_number(request.fps if request.fps not in (None, "", 0) else spec.fps, "Frames per second", int, 1, 60, "fps")
     wan = family(spec) == "wan"
     lowest = 5 if wan else 2
     if request.duration_s not in (None, "", 0):
-        seconds = _number(request.duration_s, "Duration", float, lowest / fps, spec.max_frames / fps, "duration")
+        seconds = parse_number(request.duration_s, "Duration", float, lowest / fps, spec.max_frames / fps, "duration")
         wanted = max(lowest, round(seconds * fps))
     else:
         frames_in = request.frames if request.frames not in (None, "") else preset.frames
-        wanted = _number(frames_in, "Number of frames", int, lowest, spec.max_frames, "frames")
+        wanted = parse_number(frames_in, "Number of frames", int, lowest, spec.max_frames, "frames")
     frames = wanted
     if wan:
         frames = snap_frames(wanted)
@@ -177,16 +177,16 @@ def check_i2v(request: I2VRequest, demo: bool = False) -> tuple[I2VRequest, Inpu
             frames -= 4
         if frames != wanted:
             notes.append(f"Wan makes 4n+1 frames: {wanted} became {frames}.")
-    steps = _number(request.steps if request.steps not in (None, "") else preset.steps, "Steps", int, 1, 200, "steps")
-    guidance = _number(request.guidance if request.guidance not in (None, "") else preset.guidance, "Guidance", float,
+    steps = parse_number(request.steps if request.steps not in (None, "") else preset.steps, "Steps", int, 1, 200, "steps")
+    guidance = parse_number(request.guidance if request.guidance not in (None, "") else preset.guidance, "Guidance", float,
                        0.0, 30.0, "guidance")
     if uses_flow_shift(spec):
-        shift = _number(request.shift if request.shift not in (None, "") else preset.shift, "Flow shift", float, 0.1,
+        shift = parse_number(request.shift if request.shift not in (None, "") else preset.shift, "Flow shift", float, 0.1,
                         50.0, "shift")
     else:
         shift = None
-    seed = _number(request.seed if request.seed not in (None, "") else -1, "Seed", int, -1, 2**32 - 1, "seed")
-    clips = _number(request.clips, "Number of clips", int, 1, MAX_CLIPS, "clips")
+    seed = parse_number(request.seed if request.seed not in (None, "") else -1, "Seed", int, -1, 2**32 - 1, "seed")
+    clips = parse_number(request.clips, "Number of clips", int, 1, MAX_CLIPS, "clips")
     if seed == -1:
         seed = secrets.randbelow(2**31)
     checked = dataclasses.replace(
@@ -312,7 +312,7 @@ def run_i2v(job: Job, ctx) -> dict:
     from .media import encode_comment, write_mp4
     from .outputs import output_stem, sidecar_path, write_atomic, write_json_atomic
     from .preview import latents_to_rgb
-    from .t2v import _decode, _set_flow_shift
+    from .video import decode_wan_latents, set_flow_shift
 
     request, image, last = check_i2v(job.request, demo=ctx.settings.demo)
     for text in request.notes:
@@ -327,7 +327,7 @@ def run_i2v(job: Job, ctx) -> dict:
     if not loaded_now:
         logger.info("Job %s: %s already resident, not reloaded", job.id, spec.title)
     if request.shift is not None:
-        _set_flow_shift(pipe, request.shift)
+        set_flow_shift(pipe, request.shift)
     use_guidance = request.guidance > 1.0
 
     # 2. Text encoding, once for all clips.
@@ -362,7 +362,7 @@ def run_i2v(job: Job, ctx) -> dict:
             if family(spec) == "i2vgen":
                 frames = _decode_i2vgen(pipe, latents, chunk=1 if ctx.settings.vae_tiling else 4)
             else:
-                frames = _decode(pipe, latents)
+                frames = decode_wan_latents(pipe, latents)
         del latents
         clip_timings["decode"] = time.perf_counter() - started
         ctx.check_cancel()
@@ -378,7 +378,7 @@ def run_i2v(job: Job, ctx) -> dict:
             if not inputs:
                 inputs = _copy_inputs(video_path, image, last, write_atomic)
         clip_timings["encode"] = time.perf_counter() - started
-        sidecar = _sidecar(job, ctx, request, spec, model, loaded_now, settings, clip_timings, video_path, frames.shape)
+        sidecar = video_sidecar("i2v", job, ctx, request, spec, model, loaded_now, settings, clip_timings, video_path, frames.shape)
         sidecar["input"] = {**image.record(), "copy": inputs["image"]["copy"], "fit": request.fit,
                             "used_width": request.width, "used_height": request.height}
         if last is not None:
@@ -429,12 +429,3 @@ def _copy_inputs(video_path: Path, image: InputImage, last: InputImage | None, w
                             lambda temp, src=source.path: shutil.copyfile(src, temp))
         copies[kind] = {"path": str(path), "copy": path.name}
     return copies
-
-
-def _sidecar(job, ctx, request, spec, model, loaded_now, settings, clip_timings, video_path: Path, shape) -> dict:
-    from .t2v import _sidecar as t2v_sidecar
-
-    sidecar: dict[str, Any] = t2v_sidecar(job, ctx, request, spec, model, loaded_now, settings, clip_timings, video_path,
-                                          shape)
-    sidecar["task"] = "i2v"
-    return sidecar

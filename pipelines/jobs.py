@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import math
 import threading
 import time
 import uuid
@@ -33,6 +34,29 @@ class RequestError(ValueError):
         super().__init__(message)
         self.key = key
         self.params = params
+
+
+def parse_number(value: Any, name: str, kind: type, low: float, high: float, key: str) -> Any:
+    """``value`` as ``kind`` (int or float) within [low, high], or a ``RequestError`` naming field and range.
+
+    Keys are ``<key>_type`` (not a number) and ``<key>_range`` (out of range), for the UI's translations.
+    """
+    if isinstance(value, str):
+        value = value.strip()
+    try:
+        number = float(value)
+        if not math.isfinite(number) or (kind is int and number != int(number)):
+            raise ValueError
+        number = int(number) if kind is int else number
+    except (TypeError, ValueError, OverflowError):
+        whole = "a whole number" if kind is int else "a number"
+        raise RequestError(f"{name} must be {whole}, not {value!r}.", key=f"{key}_type", value=str(value)) from None
+    if not low <= number <= high:
+        raise RequestError(
+            f"{name} must be between {low:g} and {high:g}, not {number:g}.", key=f"{key}_range", low=low, high=high,
+            value=number,
+        )
+    return number
 
 
 @dataclass

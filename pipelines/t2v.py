@@ -9,28 +9,26 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
-import math
 import secrets
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
-from .jobs import Job, RequestError
+from .jobs import Job, RequestError, parse_number
+from .video import (
+    DEFAULT_NEGATIVE_PROMPT,
+    MAX_CLIPS,
+    MAX_PROMPT_CHARS,
+    PREVIEW_UPDATES,
+    PREVIEW_UPSCALE,
+    WAN_TEXT_TOKENS,
+    decode_wan_latents,
+    set_flow_shift,
+    video_sidecar,
+)
 from .registry import DEMO_PRESETS, DEMO_RESOLUTIONS, DEFAULT_MODEL, ModelSpec, frame_size, get_spec, snap_frames
 
 logger = logging.getLogger(__name__)
 
-# Wan's own negative prompt (from its reference code), which the model was tuned with.
-DEFAULT_NEGATIVE_PROMPT = (
-    "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，JPEG压缩残留，"
-    "丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，"
-    "静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走"
-)
-MAX_PROMPT_CHARS = 4000
-MAX_CLIPS = 16
-PREVIEW_UPDATES = 10  # about this many previews per clip
-PREVIEW_UPSCALE = 2  # a 480p clip previews as a 2x2 grid of 208x120 frames
 
 
 @dataclass
@@ -62,30 +60,6 @@ def presets_for(spec: ModelSpec, demo: bool):
 
 def resolutions_for(spec: ModelSpec, demo: bool) -> tuple[str, ...]:
     return DEMO_RESOLUTIONS if demo else spec.resolutions
-
-
-def _number(value: Any, name: str, kind: type, low: float, high: float, key: str) -> Any:
-    """``value`` as ``kind`` within [low, high], or a RequestError that names the field and the range."""
-    if isinstance(value, str):
-        value = value.strip()
-    try:
-        if kind is int:
-            number = float(value)
-            if not math.isfinite(number) or number != int(number):
-                raise ValueError
-            number = int(number)
-        else:
-            number = float(value)
-            if not math.isfinite(number):
-                raise ValueError
-    except (TypeError, ValueError):
-        whole = "a whole number" if kind is int else "a number"
-        raise RequestError(f"{name} must be {whole}, not {value!r}.", key=f"{key}_type", value=str(value)) from None
-    if not low <= number <= high:
-        raise RequestError(
-            f"{name} must be between {low:g} and {high:g}, not {number:g}.", key=f"{key}_range", low=low, high=high, value=number
-        )
-    return number
 
 
 def validate_t2v(request: T2VRequest, demo: bool = False) -> T2VRequest:
@@ -120,22 +94,22 @@ def validate_t2v(request: T2VRequest, demo: bool = False) -> T2VRequest:
     except ValueError as error:
         raise RequestError(str(error), key="aspect", value=str(request.aspect)) from None
 
-    fps = _number(request.fps, "Frames per second", int, 1, 60, "fps")
+    fps = parse_number(request.fps, "Frames per second", int, 1, 60, "fps")
     if request.duration_s not in (None, "", 0):
-        seconds = _number(request.duration_s, "Duration", float, 0.1, spec.max_frames / fps, "duration")
+        seconds = parse_number(request.duration_s, "Duration", float, 0.1, spec.max_frames / fps, "duration")
         wanted = max(1, round(seconds * fps))
     else:
-        wanted = _number(request.frames, "Number of frames", int, 1, spec.max_frames, "frames")
+        wanted = parse_number(request.frames, "Number of frames", int, 1, spec.max_frames, "frames")
     frames = snap_frames(wanted)
     if frames > spec.max_frames:
         frames -= 4
     if frames != wanted:
         notes.append(f"Wan makes 4n+1 frames: {wanted} became {frames}.")
-    steps = _number(request.steps, "Steps", int, 1, 200, "steps")
-    guidance = _number(request.guidance, "Guidance", float, 0.0, 30.0, "guidance")
-    shift = _number(request.shift, "Flow shift", float, 0.1, 50.0, "shift")
-    seed = _number(request.seed, "Seed", int, -1, 2**32 - 1, "seed")
-    clips = _number(request.clips, "Number of clips", int, 1, MAX_CLIPS, "clips")
+    steps = parse_number(request.steps, "Steps", int, 1, 200, "steps")
+    guidance = parse_number(request.guidance, "Guidance", float, 0.0, 30.0, "guidance")
+    shift = parse_number(request.shift, "Flow shift", float, 0.1, 50.0, "shift")
+    seed = parse_number(request.seed, "Seed", int, -1, 2**32 - 1, "seed")
+    clips = parse_number(request.clips, "Number of clips", int, 1, MAX_CLIPS, "clips")
     if seed == -1:
         seed = secrets.randbelow(2**31)
     return dataclasses.replace(
@@ -158,29 +132,6 @@ def validate_t2v(request: T2VRequest, demo: bool = False) -> T2VRequest:
 # --- running ----------------------------------------------------------------------------------------
 
 
-def _set_flow_shift(pipe, shift: float) -> None:
-    config = pipe.scheduler.config
-    if "flow_shift" in config and config.get("flow_shift") != shift:
-        pipe.scheduler = type(pipe.scheduler).from_config(config, flow_shift=shift)
-    elif "shift" in config and "flow_shift" not in config and config.get("shift") != shift:
-        pipe.scheduler = type(pipe.scheduler).from_config(config, shift=shift)
-
-
-def _decode(pipe, latents):
-    """Latents -> uint8 frames (F, H, W, 3), exactly as ``WanPipeline`` decodes them."""
-    import numpy as np
-    import torch
-
-    vae = pipe.vae
-    latents = latents.to(vae.device if not hasattr(pipe, "_execution_device") else pipe._execution_device, vae.dtype)
-    mean = torch.tensor(vae.config.latents_mean).view(1, vae.config.z_dim, 1, 1, 1).to(latents.device, latents.dtype)
-    inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, vae.config.z_dim, 1, 1, 1).to(latents.device, latents.dtype)
-    with torch.no_grad():
-        video = vae.decode(latents / inv_std + mean, return_dict=False)[0]
-    frames = pipe.video_processor.postprocess_video(video, output_type="np")[0]
-    return (np.clip(frames, 0.0, 1.0) * 255).round().astype(np.uint8)
-
-
 def run_t2v(job: Job, ctx) -> dict:
     """Run a validated ``T2VRequest``; returns the written clips and their sidecars."""
     import torch
@@ -199,7 +150,7 @@ def run_t2v(job: Job, ctx) -> dict:
     pipe = model.pipe
     if not loaded_now:
         logger.info("Job %s: %s already resident, not reloaded", job.id, spec.title)
-    _set_flow_shift(pipe, request.shift)
+    set_flow_shift(pipe, request.shift)
     use_guidance = request.guidance > 1.0
 
     # 2. Text encoding, once for all clips.
@@ -209,6 +160,7 @@ def run_t2v(job: Job, ctx) -> dict:
             negative_prompt=request.negative_prompt,
             do_classifier_free_guidance=use_guidance,
             num_videos_per_prompt=1,
+            max_sequence_length=WAN_TEXT_TOKENS,
         )
     ctx.check_cancel()
 
@@ -250,7 +202,7 @@ def run_t2v(job: Job, ctx) -> dict:
         # 4. VAE decode.
         started = time.perf_counter()
         with ctx.stage("decode"):
-            frames = _decode(pipe, latents)
+            frames = decode_wan_latents(pipe, latents)
         del latents
         clip_timings["decode"] = time.perf_counter() - started
         ctx.check_cancel()
@@ -279,42 +231,8 @@ def run_t2v(job: Job, ctx) -> dict:
                 stem.with_suffix(".mp4"), lambda temp: write_mp4(frames, temp, request.fps, comment=encode_comment(settings))
             )
         clip_timings["encode"] = time.perf_counter() - started
-        sidecar = _sidecar(job, ctx, request, spec, model, loaded_now, settings, clip_timings, video_path, frames.shape)
+        sidecar = video_sidecar("t2v", job, ctx, request, spec, model, loaded_now, settings, clip_timings, video_path, frames.shape)
         sidecar_file = write_json_atomic(sidecar_path(video_path), sidecar)
         logger.info("Job %s: wrote %s", job.id, video_path)
         clips.append({"video": str(video_path), "sidecar": str(sidecar_file), "seed": seed})
     return {"clips": clips, "notes": list(request.notes), "seed": request.seed}
-
-
-def _sidecar(job, ctx, request, spec, model, loaded_now, settings, clip_timings, video_path: Path, shape) -> dict:
-    timings = {
-        "load": round(ctx.timings.get("load", 0.0), 3) if loaded_now else 0.0,
-        "text_encode": round(ctx.timings.get("text_encode", 0.0), 3),
-        **{name: round(seconds, 3) for name, seconds in clip_timings.items()},
-    }
-    return {
-        "app": "cinescribe",
-        "task": "t2v",
-        "job_id": job.id,
-        "created": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "file": Path(video_path).name,
-        "settings": settings,
-        "model": {
-            "id": spec.id,
-            "title": spec.title,
-            "repo_id": spec.repo_id,
-            "revision": model.revision,
-            "pipeline": spec.pipeline_class,
-            "lora": f"{spec.lora_repo_id}/{spec.lora_weight_name}" if spec.lora_repo_id and not ctx.settings.demo else None,
-            "loaded_for_this_job": loaded_now,
-            "demo_random_weights": ctx.settings.demo,
-            "random_weights": ctx.settings.demo or ctx.settings.random_weights,
-        },
-        "output": {"frames": int(shape[0]), "height": int(shape[1]), "width": int(shape[2]), "fps": request.fps,
-                   "duration_s": round(shape[0] / request.fps, 3)},
-        "runtime": {**ctx.environment(), "attention": model.attention},
-        "timings_s": timings,
-        "peak_memory_gib": round(ctx.peak.peak / 2**30, 3),
-        "peak_memory_kind": "torch allocator (VRAM)" if ctx.device.startswith("cuda") else "process RSS (CPU)",
-        "notes": list(request.notes),
-    }

@@ -15,7 +15,7 @@ from pipelines.jobs import JobState, RequestError
 from pipelines.registry import DEFAULT_MODEL, I2V_MAX_AREA, get_spec, models_for
 
 from .i18n import Translator, error_text, request_language, t
-from .t2v_tab import POLL_SECONDS, _status
+from .job_status import POLL_SECONDS, job_status
 
 RECENT_CLIPS = 30
 
@@ -285,13 +285,13 @@ def build_i2v_tab(worker, settings, translator: Translator, lang_state: gr.State
         except RequestError as error:
             raise gr.Error(_error(lang, error))
         skip = gr.skip()
-        yield _status(lang, job, worker.position(job)), job.id, None, skip, skip, str(i2v_request.seed), skip
+        yield job_status(lang, job, worker.position(job)), job.id, None, skip, skip, str(i2v_request.seed), skip
         seen, shown_preview = -1, None
         while not job.state.finished:
             seen = job.wait_for_change(seen, timeout=POLL_SECONDS * 4)
             fresh = job.preview if job.preview is not None and job.preview is not shown_preview else None
             shown_preview = job.preview if fresh is not None else shown_preview
-            yield _status(lang, job, worker.position(job)), skip, fresh if fresh is not None else skip, skip, skip, skip, skip
+            yield job_status(lang, job, worker.position(job)), skip, fresh if fresh is not None else skip, skip, skip, skip, skip
         if job.state == JobState.CANCELLED:
             yield t(lang, "status_cancelled"), "", skip, skip, skip, skip, skip
             return

@@ -13,9 +13,7 @@ from pipelines.registry import ASPECT_RATIOS, DEFAULT_MODEL, get_spec, models_fo
 from pipelines.t2v import DEFAULT_NEGATIVE_PROMPT, T2VRequest, presets_for, resolutions_for, validate_t2v
 
 from .i18n import Translator, error_text, request_language, t
-
-POLL_SECONDS = 0.5
-
+from .job_status import POLL_SECONDS, job_status
 
 def _preset_values(spec, preset_name: str, demo: bool) -> dict:
     presets = presets_for(spec, demo)
@@ -35,21 +33,6 @@ def size_note(lang: str, model_id: str, resolution: str, aspect: str, frames, fp
              seconds=checked.frames / checked.fps, fps=checked.fps)
     if spec.distilled:
         text += "\n\n" + t(lang, "turbo_note")
-    return text
-
-
-def _status(lang: str, job, position: int) -> str:
-    if job.state == JobState.QUEUED:
-        return t(lang, "status_queued", position=position)
-    p = job.progress
-    if p.stage == "load":
-        return t(lang, "status_loading")
-    text = t(lang, "status_running", clip=p.clip, clips=p.clips, stage=t(lang, f"stage_{p.stage}") if p.stage else "",
-             step=p.step, total=p.total)
-    if p.it_per_s:
-        text += f" · {p.it_per_s:.2f} it/s"
-    if p.eta_s is not None and p.stage == "denoise":
-        text += f" · ETA {p.eta_s:.0f} s"
     return text
 
 
@@ -159,13 +142,13 @@ def build_t2v_tab(worker, settings, translator: Translator, lang_state: gr.State
         except RequestError as error:
             raise gr.Error(error_text(lang, error.key, error.params, str(error)))
         skip = gr.skip()
-        yield _status(lang, job, worker.position(job)), job.id, None, skip, skip, str(t2v_request.seed), skip
+        yield job_status(lang, job, worker.position(job)), job.id, None, skip, skip, str(t2v_request.seed), skip
         seen, shown_preview = -1, None
         while not job.state.finished:
             seen = job.wait_for_change(seen, timeout=POLL_SECONDS * 4)
             fresh = job.preview if job.preview is not None and job.preview is not shown_preview else None
             shown_preview = job.preview if fresh is not None else shown_preview
-            yield _status(lang, job, worker.position(job)), skip, fresh if fresh is not None else skip, skip, skip, skip, skip
+            yield job_status(lang, job, worker.position(job)), skip, fresh if fresh is not None else skip, skip, skip, skip, skip
         if job.state == JobState.CANCELLED:
             yield t(lang, "status_cancelled"), "", skip, skip, skip, skip, skip
             return
