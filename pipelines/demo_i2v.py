@@ -8,7 +8,7 @@ Wan 2.2 TI2V VAE), so the size rules the app applies are the real ones.
 
 from __future__ import annotations
 
-from .demo_models import build_word_tokenizer
+from .demo_models import build_word_tokenizer, tiny_umt5
 
 # Tiny CLIP sizes: text and image embeddings are both ``_CLIP_DIM`` wide, images are ``_CLIP_IMAGE`` square.
 _CLIP_DIM = 32
@@ -130,26 +130,13 @@ def build_wan_i2v(layout: str = "2.1"):
     """
     import torch
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanImageToVideoPipeline, WanTransformer3DModel
-    from transformers import CLIPVisionModel, UMT5Config, UMT5EncoderModel
+    from transformers import CLIPVisionModel
 
     if layout not in ("2.1", "2.2-moe", "2.2-ti2v"):
         raise ValueError(f"Unknown Wan I2V layout {layout!r}.")
     torch.manual_seed(0)
     tokenizer = build_word_tokenizer()
-    text_encoder = UMT5EncoderModel(
-        UMT5Config(
-            vocab_size=len(tokenizer),
-            d_model=32,
-            d_kv=8,
-            d_ff=64,
-            num_layers=2,
-            num_heads=4,
-            relative_attention_num_buckets=8,
-            pad_token_id=0,
-            eos_token_id=1,
-            decoder_start_token_id=0,
-        )
-    ).eval()
+    text_encoder = tiny_umt5(len(tokenizer))
     if layout == "2.2-ti2v":
         z_dim = 48
         vae = AutoencoderKLWan(

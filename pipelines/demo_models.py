@@ -51,28 +51,22 @@ def build_word_tokenizer(max_length: int = 64):
     )
 
 
+def tiny_umt5(vocab_size: int, d_model: int = 32):
+    """A tiny ``UMT5EncoderModel``, Wan's text encoder class (the real one is UMT5-XXL, 5.7B)."""
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    config = UMT5Config(vocab_size=vocab_size, d_model=d_model, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                        relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+    return UMT5EncoderModel(config).eval()
+
+
 def build_wan_t2v(two_experts: bool = False):
     """A tiny ``WanPipeline`` (Wan 2.1 layout; Wan 2.2 A14B layout with ``two_experts``)."""
     import torch
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
-    from transformers import UMT5Config, UMT5EncoderModel
-
     torch.manual_seed(0)
     tokenizer = build_word_tokenizer()
-    text_encoder = UMT5EncoderModel(
-        UMT5Config(
-            vocab_size=len(tokenizer),
-            d_model=32,
-            d_kv=8,
-            d_ff=64,
-            num_layers=2,
-            num_heads=4,
-            relative_attention_num_buckets=8,
-            pad_token_id=0,
-            eos_token_id=1,
-            decoder_start_token_id=0,
-        )
-    ).eval()
+    text_encoder = tiny_umt5(len(tokenizer))
     vae = AutoencoderKLWan(
         base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
     ).eval()
