@@ -40,10 +40,10 @@ class Workload:
     model: str
     request: Any
     steps: int | None = None
-    shape: str = ""  # "832x480, 81 frames" for the table
+    audio_s: float | None = None  # ASR: seconds of audio, for the real-time factor
 
 
-def t2v_workloads(model_id: str | None, demo: bool) -> list[Workload]:
+def t2v_workloads(model_id: str | None, demo: bool, scratch: Path) -> list[Workload]:
     spec = get_spec(model_id or DEFAULT_MODEL["t2v"])
     workloads = []
     for preset in presets_for(spec, demo):
@@ -62,8 +62,83 @@ def t2v_workloads(model_id: str | None, demo: bool) -> list[Workload]:
     return workloads
 
 
-# Which workloads each task contributes; a task module can add its own here.
-WORKLOADS: dict[str, Callable[[str | None, bool], list[Workload]]] = {"t2v": t2v_workloads}
+def portrait_image(scratch: Path) -> Path:
+    """A 512x512 test portrait (a lit figure on a gradient), like the published I2VGen-XL runs used."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    path = scratch / "portrait_512.png"
+    if not path.exists():
+        scratch.mkdir(parents=True, exist_ok=True)
+        y, x = np.mgrid[0:512, 0:512]
+        background = np.stack([80 + x * 0.2, 90 + y * 0.15, 140 + (x + y) * 0.1], axis=-1).clip(0, 255).astype(np.uint8)
+        image = Image.fromarray(background)
+        draw = ImageDraw.Draw(image)
+        draw.ellipse((196, 90, 316, 220), fill=(224, 182, 150))  # head
+        draw.rounded_rectangle((170, 230, 342, 512), radius=60, fill=(60, 70, 110))  # body
+        image.save(path)
+    return path
+
+
+def speech_like_audio(scratch: Path, seconds: int) -> Path:
+    """``seconds`` of 16 kHz audio with voiced bursts and pauses (harmonics under a syllable-rate envelope)."""
+    import wave
+
+    import numpy as np
+
+    path = scratch / f"speechlike_{seconds}s.wav"
+    if not path.exists():
+        scratch.mkdir(parents=True, exist_ok=True)
+        rate = 16000
+        t = np.arange(seconds * rate) / rate
+        pitch = 140 + 30 * np.sin(2 * np.pi * 0.3 * t)
+        phase = 2 * np.pi * np.cumsum(pitch) / rate
+        voice = sum(np.sin(k * phase) / k for k in range(1, 8))
+        syllables = np.clip(np.sin(2 * np.pi * 4 * t), 0, None) * (np.sin(2 * np.pi * 0.2 * t) > -0.3)
+        signal = (0.25 * voice * syllables / 2).astype(np.float32)
+        with wave.open(str(path), "wb") as out:
+            out.setnchannels(1)
+            out.setsampwidth(2)
+            out.setframerate(rate)
+            out.writeframes((signal * 32767).astype("<i2").tobytes())
+    return path
+
+
+def i2v_workloads(model_id: str | None, demo: bool, scratch: Path) -> list[Workload]:
+    from .i2v import I2VRequest
+    from .i2v import presets_for as i2v_presets
+
+    spec = get_spec(model_id or DEFAULT_MODEL["i2v"])
+    image = portrait_image(scratch)
+    return [
+        Workload(f"i2v {spec.id} {preset.name}", "i2v", spec.id,
+                 I2VRequest(image=str(image), prompt="A person walking forward naturally", model=spec.id,
+                            preset=preset.name, seed=1234),
+                 preset.steps)
+        for preset in i2v_presets(spec, demo)
+    ]
+
+
+def asr_workloads(model_id: str | None, demo: bool, scratch: Path) -> list[Workload]:
+    """Long audio (10 minutes; 1 minute in demo mode) through large-v3 and turbo, chunked and batched."""
+    from .asr import ASRRequest
+
+    seconds = 60 if demo else 600
+    audio = speech_like_audio(scratch, seconds)
+    models = [model_id] if model_id else ["whisper-large-v3", "whisper-large-v3-turbo"]
+    return [
+        Workload(f"asr {model} {seconds // 60} min", "asr", model,
+                 ASRRequest(files=[str(audio)], model=model, language="en"), audio_s=float(seconds))
+        for model in models
+    ]
+
+
+# Which workloads each task contributes.
+WORKLOADS: dict[str, Callable[[str | None, bool, Path], list[Workload]]] = {
+    "t2v": t2v_workloads,
+    "i2v": i2v_workloads,
+    "asr": asr_workloads,
+}
 
 
 # --- measuring --------------------------------------------------------------------------------------
@@ -140,8 +215,10 @@ def _run_once(worker, workload: Workload) -> dict:
     if job.state != JobState.DONE:
         run["error"] = job.error
         return run
-    outputs = job.result.get("clips") or job.result.get("files") or []
-    sidecar_file = outputs[0].get("sidecar") if outputs else None
+    if job.result.get("clips"):  # video: each clip has a sidecar
+        sidecar_file = job.result["clips"][0]["sidecar"]
+    else:  # asr: the transcript's .json is the sidecar
+        sidecar_file = next((f["files"]["json"] for f in job.result.get("files", []) if f.get("ok")), None)
     if sidecar_file:
         sidecar = json.loads(Path(sidecar_file).read_text(encoding="utf-8"))
         run["stages_s"] = sidecar.get("timings_s", {})
@@ -181,6 +258,9 @@ def run_workload(worker, workload: Workload, repeat: int, tick: Callable[[], Non
     result["gpu_util_min"] = min(mins) if mins else None
     result["rss_peak_gib"] = max((r["rss_peak_gib"] for r in done if r.get("rss_peak_gib")), default=None)
     result["load_s"] = warmup.get("stages_s", {}).get("load")
+    if workload.audio_s and result["wall_s"]["mean"]:
+        result["audio_s"] = workload.audio_s
+        result["real_time_factor"] = round(workload.audio_s / result["wall_s"]["mean"], 1)
     return result
 
 
@@ -376,7 +456,9 @@ def render_markdown(report: dict) -> str:
         "| peak VRAM alloc / NVML GiB | GPU util mean / min % | host RSS GiB | baseline mean s | speed-up |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for w in report["workloads"]:
+    video = [w for w in report["workloads"] if w["task"] != "asr"]
+    speech = [w for w in report["workloads"] if w["task"] == "asr"]
+    for w in video:
         if w.get("error") and not w.get("wall_s"):
             lines.append(f"| {w['name']} | failed: {w['error'][:80]} |" + " |" * 14)
             continue
@@ -393,6 +475,22 @@ def render_markdown(report: dict) -> str:
                 _cell(w.get("rss_peak_gib")), _cell(base), f"{_cell(ratio)}x" if ratio else "–",
             ]) + " |"
         )
+    if speech:
+        lines += ["", "| workload | audio s | mean s | min s | max s | real-time factor | audio decode s | features s "
+                  "| generate s | peak VRAM alloc / NVML GiB | GPU util mean / min % | host RSS GiB |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for w in speech:
+            if w.get("error") and not w.get("wall_s"):
+                lines.append(f"| {w['name']} | failed: {w['error'][:80]} |" + " |" * 10)
+                continue
+            stages = w.get("stages_s", {})
+            lines.append("| " + " | ".join([
+                w["name"], _cell(w.get("audio_s"), 0), _cell(w["wall_s"]["mean"]), _cell(w["wall_s"]["min"]),
+                _cell(w["wall_s"]["max"]), f"{_cell(w.get('real_time_factor'), 1)}x",
+                *(_cell(stages.get(name, {}).get("mean")) for name in ("decode", "features", "generate")),
+                f"{_cell(w.get('peak_alloc_gib'))} / {_cell(w.get('nvml_peak_gib'))}",
+                f"{_cell(w.get('gpu_util_mean'), 0)} / {_cell(w.get('gpu_util_min'), 0)}", _cell(w.get("rss_peak_gib")),
+            ]) + " |")
     if report.get("soak"):
         s = report["soak"]
         lines += ["", f"Soak: {s['jobs']} jobs: {s['succeeded']} succeeded, {s['failed']} failed "
@@ -433,12 +531,14 @@ def run_benchmark(worker, settings, workloads: list[Workload], repeat: int, base
     return report
 
 
-def standard_workloads(demo: bool, tasks: tuple[str, ...] = ("t2v",), model: str | None = None) -> list[Workload]:
+def standard_workloads(demo: bool, tasks: tuple[str, ...] = ("t2v",), model: str | None = None,
+                       scratch: Path = Path("data") / "benchmark_inputs") -> list[Workload]:
+    """Each task's presets (``model`` replaces the default model of its task); inputs made in ``scratch``."""
     workloads = []
     for task in tasks:
         if task not in WORKLOADS:
             raise ValueError(f"No benchmark workloads for {task!r}; available: {', '.join(WORKLOADS)}.")
-        workloads += WORKLOADS[task](model if model and get_spec(model).task == task else None, demo)
+        workloads += WORKLOADS[task](model if model and get_spec(model).task == task else None, demo, Path(scratch))
     return workloads
 
 

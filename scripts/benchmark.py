@@ -27,7 +27,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     mode.add_argument("--demo", action="store_true", help="tiny random models (runs anywhere in seconds)")
     mode.add_argument("--random-weights", action="store_true",
                       help="real architectures at real size with random weights (no download)")
-    parser.add_argument("--tasks", default="t2v", help="comma-separated tasks to benchmark (default t2v)")
+    parser.add_argument("--tasks", default="t2v,i2v,asr", help="comma-separated tasks (default t2v,i2v,asr)")
     parser.add_argument("--model", help="model id (default: each task's default model)")
     parser.add_argument("--workloads", help="only workloads whose name contains one of these (comma-separated)")
     parser.add_argument("--repeat", type=int, default=5, help="timed runs per workload after one warm-up (default 5)")
@@ -65,7 +65,7 @@ def main(argv=None) -> int:
                         random_weights=args.random_weights)
     tasks = tuple(task.strip() for task in args.tasks.split(",") if task.strip())
     try:
-        workloads = standard_workloads(args.demo, tasks, args.model)
+        workloads = standard_workloads(args.demo, tasks, args.model, scratch=args.data_dir / "benchmark_inputs")
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -18,7 +18,8 @@ doctor = importlib.import_module("doctor")
 
 def test_demo_benchmark_writes_table_and_json(tmp_path, data_dir):
     outputs = tmp_path / "outputs"
-    code = benchmark_cli.main(["--demo", "--repeat", "2", "--workloads", "Preview", "--baseline", "--soak", "2",
+    code = benchmark_cli.main(["--demo", "--tasks", "t2v", "--repeat", "2", "--workloads", "Preview", "--baseline",
+                               "--soak", "2",
                                "--outputs", str(outputs), "--data-dir", str(data_dir)])
     assert code == 0
     [md_path] = (outputs / "benchmarks").glob("*_benchmark.md")
@@ -42,7 +43,24 @@ def test_demo_benchmark_writes_table_and_json(tmp_path, data_dir):
     row = lines[header + 2]
     assert row.startswith("| t2v wan2.1-t2v-1.3b Preview |") and row.count("|") == columns
     assert "Soak: 2 jobs: 2 succeeded" in md_path.read_text(encoding="utf-8")
-    assert "--demo --repeat 2" in report["command"]
+    assert "--demo --tasks t2v --repeat 2" in report["command"]
+
+
+def test_image_and_speech_workloads_report_their_own_figures(tmp_path, data_dir):
+    outputs = tmp_path / "outputs"
+    code = benchmark_cli.main(["--demo", "--tasks", "i2v,asr", "--repeat", "1", "--workloads", "quick,asr",
+                               "--no-cold-start", "--outputs", str(outputs), "--data-dir", str(data_dir)])
+    assert code == 0
+    [json_path] = (outputs / "benchmarks").glob("*_benchmark.json")
+    report = json.loads(json_path.read_text(encoding="utf-8"))
+    names = [w["name"] for w in report["workloads"]]
+    assert names == ["i2v i2vgen-xl Quick preview", "asr whisper-large-v3 1 min", "asr whisper-large-v3-turbo 1 min"]
+    i2v, asr = report["workloads"][0], report["workloads"][1]
+    assert i2v["s_per_step"] > 0 and "denoise" in i2v["stages_s"]
+    assert asr["audio_s"] == 60 and asr["real_time_factor"] > 0
+    assert {"decode", "features", "generate"} <= set(asr["stages_s"])
+    table = json_path.with_suffix(".md").read_text(encoding="utf-8")
+    assert "| i2v i2vgen-xl Quick preview |" in table and "| asr whisper-large-v3 1 min | 60 |" in table
 
 
 def test_unknown_task_is_refused(tmp_path):

@@ -123,7 +123,8 @@ def build_system_tab(worker, settings, controller, translator: Translator, lang_
             yield t(lang, "benchmark_busy")
             return
         try:
-            workloads = standard_workloads(settings.demo)
+            workloads = standard_workloads(settings.demo, ("t2v", "i2v", "asr"),
+                                           scratch=settings.data_dir / "benchmark_inputs")
             repeat = 2 if settings.demo else 5
             done = {"runs": 0}
             total = len(workloads) * (repeat + 1)
