@@ -290,7 +290,7 @@ def baseline_t2v(settings, device: str, dtype: str, workload: Workload, repeat: 
         pipe = build_random_pipeline(spec.id, device, _torch_dtype(dtype))
     else:
         folder, _ = resolve_source(spec, settings)
-        pipe = getattr(diffusers, spec.pipeline_class).from_pretrained(folder, torch_dtype=_torch_dtype(dtype)).to(device)
+        pipe = getattr(diffusers, spec.pipeline_class).from_pretrained(folder, dtype=_torch_dtype(dtype)).to(device)
     pipe.set_progress_bar_config(disable=True)
     load_s = time.perf_counter() - started
     times = []
@@ -456,6 +456,8 @@ def render_markdown(report: dict) -> str:
         "| peak VRAM alloc / NVML GiB | GPU util mean / min % | host RSS GiB | baseline mean s | speed-up |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    if not str(p.get("device", "")).startswith("cuda"):  # on the CPU the "allocator" figure is the process RSS
+        lines = [line.replace("peak VRAM alloc / NVML GiB", "peak RSS / NVML GiB") for line in lines]
     video = [w for w in report["workloads"] if w["task"] != "asr"]
     speech = [w for w in report["workloads"] if w["task"] == "asr"]
     for w in video:
@@ -479,6 +481,8 @@ def render_markdown(report: dict) -> str:
         lines += ["", "| workload | audio s | mean s | min s | max s | real-time factor | audio decode s | features s "
                   "| generate s | peak VRAM alloc / NVML GiB | GPU util mean / min % | host RSS GiB |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        if not str(p.get("device", "")).startswith("cuda"):
+            lines[-2] = lines[-2].replace("peak VRAM alloc / NVML GiB", "peak RSS / NVML GiB")
         for w in speech:
             if w.get("error") and not w.get("wall_s"):
                 lines.append(f"| {w['name']} | failed: {w['error'][:80]} |" + " |" * 10)
