@@ -192,7 +192,7 @@ def check_i2v(request: I2VRequest, demo: bool = False) -> tuple[I2VRequest, Inpu
     checked = dataclasses.replace(
         request, prompt=prompt, negative_prompt=negative, preset=request.preset or "", resolution=resolution,
         aspect=aspect, fit=fit, frames=frames, duration_s=None, steps=steps, guidance=guidance, shift=shift, seed=seed,
-        fps=fps, clips=clips, width=width, height=height, notes=notes,
+        fps=fps, clips=clips, width=width, height=height, notes=list(dict.fromkeys([*request.notes, *notes])),
     )
     return checked, image, last
 

@@ -125,7 +125,7 @@ def validate_t2v(request: T2VRequest, demo: bool = False) -> T2VRequest:
         clips=clips,
         width=width,
         height=height,
-        notes=notes,
+        notes=list(dict.fromkeys([*request.notes, *notes])),  # validating twice keeps them once
     )
 
 

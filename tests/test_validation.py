@@ -49,6 +49,13 @@ def test_frames_snap_to_4n_plus_1_with_a_note():
     assert check(frames=81).notes == []
 
 
+def test_notes_survive_a_second_validation():
+    """The page validates before queueing and the worker again: the rounding note must reach the user."""
+    once = check(frames=80)
+    twice = validate_t2v(once)
+    assert twice.notes == ["Wan makes 4n+1 frames: 80 became 81."]
+
+
 def test_duration_sets_frames_from_fps():
     assert check(duration_s=5, fps=16).frames == 81
     assert check(duration_s=2, fps=16).frames == 33
