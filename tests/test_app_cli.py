@@ -47,6 +47,16 @@ def test_every_text_exists_in_both_languages():
         assert fields == {f for _, f, _, _ in string.Formatter().parse(STRINGS["zh"][key]) if f}, key
 
 
+def test_every_model_note_has_a_chinese_version():
+    from pipelines.registry import CATALOGUE
+    from ui.i18n import model_note
+
+    for spec in CATALOGUE.values():
+        if spec.notes:
+            assert model_note("en", spec) == spec.notes
+            assert model_note("zh", spec) != spec.notes, f"{spec.id}: note not translated"
+
+
 def test_language_choice_and_translated_errors():
     assert [normalise_language(x) for x in ("zh-CN", "zh-Hans", "ZH", "en-US", "", None, "fr")] == [
         "zh", "zh", "zh", "en", "en", "en", "en"]

@@ -21,6 +21,7 @@ from pipelines.jobs import JobState, RequestError
 from pipelines.registry import DEFAULT_MODEL, get_spec, models_for
 
 from .i18n import Translator, error_text, request_language, t
+from .i18n import model_note as catalogue_note
 
 
 def language_choices(lang: str) -> list[tuple[str, str]]:
@@ -46,7 +47,7 @@ def model_note(lang: str, model_id: str, task: str, demo: bool) -> str:
     if task == "translate" and spec.id in NOT_TRAINED_TO_TRANSLATE:
         parts.append(t(lang, "asr_note_translate_switch", model=spec.title, target=get_spec(TRANSLATION_MODEL).title))
     elif spec.notes:
-        parts.append(spec.notes)
+        parts.append(catalogue_note(lang, spec))
     if demo:
         parts.append(t(lang, "asr_note_demo", tokens=DEMO_MAX_NEW_TOKENS))
     return "\n\n".join(parts)

@@ -100,6 +100,10 @@ STRINGS: dict[str, dict[str, str]] = {
         "frames or a lower resolution, or start with --offload model and --vae-tiling.",
         "err_restarting": "The app is restarting; try again in a moment.",
         "doctor_run": "Run checks",
+        "doctor_status": "Status",
+        "doctor_check": "Check",
+        "doctor_detail": "Found",
+        "doctor_fix": "How to fix",
         "doctor_header": "**Checks** (the same as `python scripts/doctor.py`)",
         "doctor_failed": "The checks could not run: {error}",
         "benchmark_run": "Run the standard benchmark",
@@ -196,6 +200,10 @@ STRINGS: dict[str, dict[str, str]] = {
         "或使用 --offload model 和 --vae-tiling 启动。",
         "err_restarting": "应用正在重启，请稍后再试。",
         "doctor_run": "运行检查",
+        "doctor_status": "状态",
+        "doctor_check": "检查项",
+        "doctor_detail": "结果",
+        "doctor_fix": "解决方法",
         "doctor_header": "**检查结果**（与 `python scripts/doctor.py` 相同）",
         "doctor_failed": "检查无法运行：{error}",
         "benchmark_run": "运行标准基准测试",
@@ -234,6 +242,29 @@ def request_language(lang: str | None, request=None) -> str:
         return normalise_language(lang)
     headers = getattr(request, "headers", None) or {}
     return normalise_language(headers.get("accept-language", "en"))
+
+
+# The catalogue's model notes (pipelines/registry.py keeps the English), in Chinese.
+MODEL_NOTES_ZH = {
+    "wan2.1-t2v-1.3b": "以 480p 训练；720p 也能用，但不是它的设计分辨率。",
+    "wan2.1-t2v-14b-turbo": "步数与引导蒸馏：4 步、引导系数 1.0。输出与基础模型不同。",
+    "wan2.2-ti2v-5b": "它的 VAE 在空间上压缩 16 倍：尺寸是 32 的倍数。24 fps。",
+    "wan2.2-t2v-a14b": "高噪声与低噪声两个专家模型，都常驻显存。",
+    "i2vgen-xl": "以 16 帧片段训练；VAE 与 UNet 使用同一精度（VAE 不用 fp32）。",
+    "wan2.1-i2v-14b-480p-turbo": "步数与引导蒸馏：4 步、引导系数 1.0。输出与基础模型不同。",
+    "wan2.2-ti2v-5b-i2v": "与文字生成视频条目相同的权重；VAE 压缩 16 倍：尺寸是 32 的倍数。24 fps。",
+    "wan2.2-i2v-a14b": "高噪声与低噪声两个专家模型，都常驻显存。可以指定结尾帧。",
+    "whisper-large-v3": "最准确；可转写，也可翻译成英文。",
+    "whisper-large-v3-turbo": "准确度相近，速度快得多；未针对翻译训练（翻译会使用 large-v3）。",
+    "whisper-small": "在 CPU 上也足够快。",
+}
+
+
+def model_note(lang: str, spec) -> str:
+    """A catalogue model's note in ``lang`` (the registry's English when no translation exists)."""
+    if normalise_language(lang) == "zh" and spec.id in MODEL_NOTES_ZH:
+        return MODEL_NOTES_ZH[spec.id]
+    return spec.notes
 
 
 def t(lang: str, key: str, **params: Any) -> str:

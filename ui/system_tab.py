@@ -55,10 +55,13 @@ def doctor_markdown(settings, lang: str) -> str:
         checks = json.loads(result.stdout)
     except (OSError, ValueError, subprocess.TimeoutExpired) as error:
         return t(lang, "doctor_failed", error=str(error))
-    icon = {"OK": "✅", "WARN": "⚠️", "FAIL": "❌"}
-    rows = [f"| {icon.get(c['status'], '')} {c['status']} | {c['name']} | {c['detail']} | {c['fix'] if c['status'] != 'OK' else ''} |"
-            for c in checks]
-    return "\n".join([t(lang, "doctor_header"), "", "|  |  |  |  |", "|---|---|---|---|", *rows])
+    rows = [
+        f"| {'**' + c['status'] + '**' if c['status'] != 'OK' else c['status']} | {c['name']} | {c['detail']} | "
+        f"{c['fix'] if c['status'] != 'OK' else ''} |"
+        for c in checks
+    ]
+    header = f"| {t(lang, 'doctor_status')} | {t(lang, 'doctor_check')} | {t(lang, 'doctor_detail')} | {t(lang, 'doctor_fix')} |"
+    return "\n".join([t(lang, "doctor_header"), "", header, "|---|---|---|---|", *rows])
 
 
 def build_system_tab(worker, settings, controller, translator: Translator, lang_state: gr.State) -> None:
@@ -75,11 +78,11 @@ def build_system_tab(worker, settings, controller, translator: Translator, lang_
     with gr.Row():
         with gr.Column():
             run_doctor = translator.bind(gr.Button("Run checks", elem_id="cs-doctor"), value="doctor_run")
-            doctor_report = gr.Markdown(elem_id="cs-doctor-report")
         with gr.Column():
             run_bench = translator.bind(gr.Button("Run the standard benchmark", elem_id="cs-benchmark"),
                                         value="benchmark_run")
             translator.bind(gr.Markdown(t("en", "benchmark_info")), value="benchmark_info")
+    doctor_report = gr.Markdown(elem_id="cs-doctor-report")  # full width: the fixes are sentences
     bench_report = gr.Markdown(last_benchmark(settings), elem_id="cs-benchmark-report")
 
     def describe() -> str:
