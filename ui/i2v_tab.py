@@ -15,6 +15,7 @@ from pipelines.jobs import JobState, RequestError
 from pipelines.registry import DEFAULT_MODEL, I2V_MAX_AREA, get_spec, models_for
 
 from .i18n import Translator, error_text, request_language, t
+from .i18n import model_note as catalogue_note
 from .job_status import POLL_SECONDS, job_status
 
 RECENT_CLIPS = 30
@@ -71,8 +72,8 @@ def size_note(lang: str, image_path, model_id: str, resolution: str, aspect: str
         return f"⚠ {_error(lang, error)}", None
     except (ValueError, TypeError) as error:
         return f"⚠ {error}", None
-    if spec.distilled:
-        text += "\n\n" + t(lang, "turbo_note")
+    if spec.notes:  # what to know about this model (Turbo: it changes the output)
+        text += "\n\n" + catalogue_note(lang, spec)
     return text, picture
 
 

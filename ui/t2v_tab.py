@@ -13,6 +13,7 @@ from pipelines.registry import ASPECT_RATIOS, DEFAULT_MODEL, get_spec, models_fo
 from pipelines.t2v import DEFAULT_NEGATIVE_PROMPT, T2VRequest, presets_for, resolutions_for, validate_t2v
 
 from .i18n import Translator, error_text, request_language, t
+from .i18n import model_note as catalogue_note
 from .job_status import POLL_SECONDS, job_status
 
 def _preset_values(spec, preset_name: str, demo: bool) -> dict:
@@ -31,8 +32,8 @@ def size_note(lang: str, model_id: str, resolution: str, aspect: str, frames, fp
         return f"⚠ {error}"
     text = t(lang, "size_note", width=checked.width, height=checked.height, frames=checked.frames,
              seconds=checked.frames / checked.fps, fps=checked.fps)
-    if spec.distilled:
-        text += "\n\n" + t(lang, "turbo_note")
+    if spec.notes:  # what to know about this model (Turbo: it changes the output)
+        text += "\n\n" + catalogue_note(lang, spec)
     return text
 
 
