@@ -50,6 +50,9 @@ logger = logging.getLogger(__name__)
 CHUNK_SECONDS = 30  # Whisper's window
 STRIDE_SECONDS = CHUNK_SECONDS / 6  # overlap on each side of a window, as transformers' ASR pipeline
 DEMO_MAX_NEW_TOKENS = 20  # per 30-second window, for the tiny random model that never says "end of text"
+# Benchmarks with --random-weights (real architecture, random weights): exactly this many tokens per 30-second
+# window, about what 30 s of speech holds, so the figure stays comparable with real weights.
+RANDOM_WEIGHTS_NEW_TOKENS = 100
 MAX_FILES = 100
 MAX_BATCH_SIZE = 64
 MAX_AUTO_BATCH_SIZE = 24  # more windows at once gains little; large-v3 at 24 needs ~16 GB besides weights
@@ -213,7 +216,9 @@ def load_asr_model(spec, settings, device: str, dtype: str):
     from .attention import choose_backend
     from .loading import LoadedModel, resolve_source
 
-    folder, revision = resolve_source(spec, settings)
+    random_weights = settings.random_weights and not settings.demo
+    folder, revision = ("random weights", "random weights (real architecture)") if random_weights \
+        else resolve_source(spec, settings)
     started = time.perf_counter()
     on_gpu = device.startswith("cuda")
     dtype = dtype if on_gpu else "fp32"
@@ -222,22 +227,26 @@ def load_asr_model(spec, settings, device: str, dtype: str):
     if backend not in ("flash", "sdpa"):
         logger.info("Attention: %s is not available for Whisper in transformers; using PyTorch SDPA.", backend)
         backend = "sdpa"
+
+    def load(attention: str) -> WhisperBundle:
+        if random_weights:  # benchmarks: the real architecture, created on the device (assets/model_configs)
+            from .random_weights import build_random_whisper
+
+            return build_random_whisper(spec.id, device, torch_dtype, attention)
+        model = WhisperForConditionalGeneration.from_pretrained(folder, dtype=torch_dtype, attn_implementation=attention)
+        return WhisperBundle(model=model, feature_extractor=WhisperFeatureExtractor.from_pretrained(folder),
+                             tokenizer=WhisperTokenizer.from_pretrained(folder))
+
     try:
-        model = WhisperForConditionalGeneration.from_pretrained(
-            folder, dtype=torch_dtype, attn_implementation="flash_attention_2" if backend == "flash" else "sdpa"
-        )
+        bundle = load("flash_attention_2" if backend == "flash" else "sdpa")
     except (ImportError, ValueError) as error:
         if backend != "flash":
             raise
         logger.warning("Attention: flash attention could not be used for Whisper (%s); using PyTorch SDPA.", error)
         backend = "sdpa"
-        model = WhisperForConditionalGeneration.from_pretrained(folder, dtype=torch_dtype, attn_implementation="sdpa")
+        bundle = load("sdpa")
+    model = bundle.model
     model.to(device).eval()
-    bundle = WhisperBundle(
-        model=model,
-        feature_extractor=WhisperFeatureExtractor.from_pretrained(folder),
-        tokenizer=WhisperTokenizer.from_pretrained(folder),
-    )
     n_bytes = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
     seconds = time.perf_counter() - started
     logger.info("Loaded %s from %s in %.1f s (%s, %s, attention %s)", spec.title, folder, seconds, device, dtype, backend)
@@ -303,6 +312,9 @@ class _Transcriber:
         self.max_new_tokens = request.max_new_tokens or None
         if self.demo:
             self.max_new_tokens = min(self.max_new_tokens or DEMO_MAX_NEW_TOKENS, DEMO_MAX_NEW_TOKENS)
+        self.random_weights = ctx.settings.random_weights and not self.demo
+        if self.random_weights:  # never ends by itself: a fixed count (``min_new_tokens`` too, in ``_generate``)
+            self.max_new_tokens = RANDOM_WEIGHTS_NEW_TOKENS
         self.time_precision = self.feature_extractor.chunk_length / self.model.config.max_source_positions
         self.first_file = True
         self.stuck_on_cpu = False
@@ -420,6 +432,10 @@ class _Transcriber:
         )
         if self.max_new_tokens:
             kwargs["max_new_tokens"] = self.max_new_tokens
+        if self.random_weights:  # exactly this many tokens per window, in one pass
+            from .random_weights import fixed_token_count
+
+            kwargs.update(fixed_token_count(self.generation_config, self.max_new_tokens))
         if self.request.word_timestamps:
             kwargs["return_token_timestamps"] = True
         kwargs.update(extra)
@@ -695,6 +711,9 @@ class _Transcriber:
             "max_new_tokens": self.max_new_tokens,
             "demo_token_cap": (f"demo mode: at most {DEMO_MAX_NEW_TOKENS} tokens per 30-second window (random weights "
                                "never end by themselves)") if self.demo else None,
+            "random_weights_token_count": (f"random weights: exactly {RANDOM_WEIGHTS_NEW_TOKENS} tokens per 30-second "
+                                           "window (about what speech holds; random weights never end by themselves)")
+            if self.random_weights else None,
         }
         return {
             "app": "cinescribe",

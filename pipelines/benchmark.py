@@ -224,6 +224,8 @@ def _run_once(worker, workload: Workload) -> dict:
         run["stages_s"] = sidecar.get("timings_s", {})
         run["peak_alloc_gib"] = sidecar.get("peak_memory_gib")
         run["peak_kind"] = sidecar.get("peak_memory_kind")
+        if workload.task == "asr":  # the baseline decodes with the batch size the app chose
+            run["batch_size"] = sidecar.get("decoding", {}).get("batch_size", {}).get("used")
     return run
 
 
@@ -258,6 +260,8 @@ def run_workload(worker, workload: Workload, repeat: int, tick: Callable[[], Non
     result["gpu_util_min"] = min(mins) if mins else None
     result["rss_peak_gib"] = max((r["rss_peak_gib"] for r in done if r.get("rss_peak_gib")), default=None)
     result["load_s"] = warmup.get("stages_s", {}).get("load")
+    if done and done[-1].get("batch_size"):
+        result["batch_size"] = done[-1]["batch_size"]
     if workload.audio_s and result["wall_s"]["mean"]:
         result["audio_s"] = workload.audio_s
         result["real_time_factor"] = round(workload.audio_s / result["wall_s"]["mean"], 1)
@@ -271,7 +275,7 @@ def _plain(value: Any) -> Any:
 # --- the plain library call -------------------------------------------------------------------------
 
 
-def baseline_t2v(settings, device: str, dtype: str, workload: Workload, repeat: int) -> dict:
+def baseline_t2v(settings, device: str, dtype: str, workload: Workload, repeat: int, measured: dict | None = None) -> dict:
     """The same clip with diffusers' defaults: ``from_pretrained(...).to(device)`` and one ``pipe(...)`` call."""
     import diffusers
     import numpy as np
@@ -320,7 +324,137 @@ def baseline_t2v(settings, device: str, dtype: str, workload: Workload, repeat: 
     return {"load_s": round(load_s, 3), "wall_s": _stats(times)}
 
 
-BASELINES = {"t2v": baseline_t2v}
+def baseline_i2v(settings, device: str, dtype: str, workload: Workload, repeat: int, measured: dict | None = None) -> dict:
+    """The same clip with diffusers' defaults: ``from_pretrained(...).to(device)``, one ``pipe(image=..., ...)``
+    call with the photo as a PIL image, the same mp4 write. ``I2VGenXLPipeline``'s own prompt encoding reads
+    ``text_encoder.text_model``, which transformers 5 does not have: then this raises and the report says
+    "failed" (the app encodes the prompt itself, see ``pipelines/i2v.py``)."""
+    import diffusers
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from .i2v import family, validate_i2v
+    from .loading import _torch_dtype, resolve_source
+    from .media import write_mp4
+
+    spec = get_spec(workload.model)
+    request = validate_i2v(workload.request, demo=settings.demo)
+    started = time.perf_counter()
+    if settings.random_weights and not settings.demo:
+        from .random_weights import build_random_pipeline
+
+        pipe = build_random_pipeline(spec.id, device, _torch_dtype(dtype))
+    else:
+        folder, _ = resolve_source(spec, settings)
+        pipe = getattr(diffusers, spec.pipeline_class).from_pretrained(folder, dtype=_torch_dtype(dtype)).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    load_s = time.perf_counter() - started
+    extra = {"target_fps": request.fps} if family(spec) == "i2vgen" else {}
+    out_dir = Path(settings.outputs_dir) / "benchmarks" / "baseline"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    times = []
+    try:
+        for index in range(repeat + 1):  # the first is the warm-up
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            started = time.perf_counter()
+            image = Image.open(request.image).convert("RGB")
+            frames = pipe(
+                prompt=request.prompt, image=image, negative_prompt=request.negative_prompt, height=request.height,
+                width=request.width, num_frames=request.frames, num_inference_steps=request.steps,
+                guidance_scale=request.guidance, generator=torch.Generator("cpu").manual_seed(request.seed), **extra,
+            ).frames[0]
+            frames = np.asarray(frames, dtype=np.float32)
+            write_mp4((np.clip(frames, 0, 1) * 255).round().astype(np.uint8), out_dir / f"baseline_i2v_{index}.mp4",
+                      request.fps)
+            if index:
+                times.append(time.perf_counter() - started)
+    finally:
+        del pipe
+    return {"load_s": round(load_s, 3), "wall_s": _stats(times)}
+
+
+def baseline_asr(settings, device: str, dtype: str, workload: Workload, repeat: int, measured: dict | None = None) -> dict:
+    """The same files through transformers' own ``pipeline("automatic-speech-recognition")``: 30-second chunks
+    (5 s overlap, as the app), the batch size the app chose, timestamps, the same language and task; the
+    transcript written as .txt. Random (or demo) weights get the app's token count per window, else their
+    decoding would never end."""
+    import shutil
+
+    import torch
+    from transformers import pipeline
+
+    from .asr import CHUNK_SECONDS, CPU_BATCH_SIZE, DEMO_MAX_NEW_TOKENS, RANDOM_WEIGHTS_NEW_TOKENS
+    from .loading import _torch_dtype, resolve_source
+
+    spec = get_spec(workload.model)
+    request = workload.request
+    dtype = dtype if device.startswith("cuda") else "fp32"  # as the app: fp32 on the CPU
+    generate_kwargs: dict[str, Any] = {"task": request.task}
+    if request.language not in ("", "auto"):
+        generate_kwargs["language"] = request.language
+    started = time.perf_counter()
+    if settings.random_weights and not settings.demo:
+        from .random_weights import build_random_whisper, fixed_token_count
+
+        bundle = build_random_whisper(spec.id, device, _torch_dtype(dtype))
+        generate_kwargs.update(fixed_token_count(bundle.model.generation_config, RANDOM_WEIGHTS_NEW_TOKENS))
+        parts = {"model": bundle.model, "feature_extractor": bundle.feature_extractor, "tokenizer": bundle.tokenizer}
+        del bundle
+    else:
+        folder, _ = resolve_source(spec, settings)
+        parts = {"model": str(folder)}
+        if settings.demo:
+            generate_kwargs["max_new_tokens"] = DEMO_MAX_NEW_TOKENS
+    asr = pipeline("automatic-speech-recognition", **parts, device=device, dtype=_torch_dtype(dtype))
+    del parts
+    load_s = time.perf_counter() - started
+    batch_size = (measured or {}).get("batch_size") or request.batch_size or CPU_BATCH_SIZE
+    audio_in = "file path (ffmpeg)"
+    out_dir = Path(settings.outputs_dir) / "benchmarks" / "baseline"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    times = []
+    try:
+        for index in range(repeat + 1):  # the first is the warm-up
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            started = time.perf_counter()
+            texts = []
+            for path in request.files:
+                if shutil.which("ffmpeg"):
+                    audio = path
+                else:  # the pipeline reads files with an ffmpeg on PATH; else decode with the app's
+                    from .audio import SAMPLE_RATE, decode_audio
+
+                    audio_in = "decoded by the app's ffmpeg (no ffmpeg on PATH)"
+                    audio = {"raw": decode_audio(Path(path), Path(path).name)[0], "sampling_rate": SAMPLE_RATE}
+                output = asr(audio, chunk_length_s=CHUNK_SECONDS, batch_size=batch_size, return_timestamps=True,
+                             generate_kwargs=dict(generate_kwargs))
+                texts.append(output["text"])
+            (out_dir / f"baseline_asr_{index}.txt").write_text("\n".join(texts), encoding="utf-8")
+            if index:
+                times.append(time.perf_counter() - started)
+    finally:
+        del asr
+    return {"load_s": round(load_s, 3), "wall_s": _stats(times), "batch_size": batch_size, "audio_input": audio_in,
+            "generate_kwargs": {k: v for k, v in generate_kwargs.items() if k != "logits_processor"}}
+
+
+BASELINES = {"t2v": baseline_t2v, "i2v": baseline_i2v, "asr": baseline_asr}
+
+
+def run_baseline(settings, device: str, dtype: str, workload: Workload, repeat: int, measured: dict) -> dict:
+    """One workload's plain library call; a failure is recorded (``{"error": ...}``), not raised."""
+    from .memory import free_memory
+
+    try:
+        return BASELINES[workload.task](settings, device, dtype, workload, repeat, measured)
+    except Exception as error:  # the plain call may fail where the app works around it: say so, go on
+        logger.warning("Baseline for %s failed: %s: %s", workload.name, type(error).__name__, error)
+        return {"error": f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"[:300]}
+    finally:
+        free_memory(device)
 
 
 # --- the whole run ----------------------------------------------------------------------------------
@@ -451,6 +585,7 @@ def render_markdown(report: dict) -> str:
         f"- Runs: {report['repeat']} timed after one warm-up · app cold start to first page "
         f"{_cell(report.get('cold_start_s'))} s · CUDA init {_cell(p.get('cuda_init_s'))} s",
         f"- Command: `{report['command']}`",
+        *([f"- Speech: {report['asr_tokens']}"] if report.get("asr_tokens") else []),
         "",
         "| workload | mean s | min s | max s | s/step | load s | text enc s | denoise s | decode s | mp4 s "
         "| peak VRAM alloc / NVML GiB | GPU util mean / min % | host RSS GiB | baseline mean s | speed-up |",
@@ -465,8 +600,7 @@ def render_markdown(report: dict) -> str:
             lines.append(f"| {w['name']} | failed: {w['error'][:80]} |" + " |" * 14)
             continue
         stages = w.get("stages_s", {})
-        base = w.get("baseline", {}).get("wall_s", {}).get("mean") if w.get("baseline") else None
-        ratio = round(base / w["wall_s"]["mean"], 2) if base and w["wall_s"]["mean"] else None
+        base, ratio = _baseline_cells(w)
         lines.append(
             "| " + " | ".join([
                 w["name"], _cell(w["wall_s"]["mean"]), _cell(w["wall_s"]["min"]), _cell(w["wall_s"]["max"]),
@@ -474,18 +608,18 @@ def render_markdown(report: dict) -> str:
                 *(_cell(stages.get(name, {}).get("mean")) for name in ("text_encode", "denoise", "decode", "encode")),
                 f"{_cell(w.get('peak_alloc_gib'))} / {_cell(w.get('nvml_peak_gib'))}",
                 f"{_cell(w.get('gpu_util_mean'), 0)} / {_cell(w.get('gpu_util_min'), 0)}",
-                _cell(w.get("rss_peak_gib")), _cell(base), f"{_cell(ratio)}x" if ratio else "–",
+                _cell(w.get("rss_peak_gib")), base, ratio,
             ]) + " |"
         )
     if speech:
         lines += ["", "| workload | audio s | mean s | min s | max s | real-time factor | audio decode s | features s "
-                  "| generate s | peak VRAM alloc / NVML GiB | GPU util mean / min % | host RSS GiB |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| generate s | peak VRAM alloc / NVML GiB | GPU util mean / min % | host RSS GiB | baseline mean s | speed-up |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         if not str(p.get("device", "")).startswith("cuda"):
             lines[-2] = lines[-2].replace("peak VRAM alloc / NVML GiB", "peak RSS / NVML GiB")
         for w in speech:
             if w.get("error") and not w.get("wall_s"):
-                lines.append(f"| {w['name']} | failed: {w['error'][:80]} |" + " |" * 10)
+                lines.append(f"| {w['name']} | failed: {w['error'][:80]} |" + " |" * 12)
                 continue
             stages = w.get("stages_s", {})
             lines.append("| " + " | ".join([
@@ -494,6 +628,7 @@ def render_markdown(report: dict) -> str:
                 *(_cell(stages.get(name, {}).get("mean")) for name in ("decode", "features", "generate")),
                 f"{_cell(w.get('peak_alloc_gib'))} / {_cell(w.get('nvml_peak_gib'))}",
                 f"{_cell(w.get('gpu_util_mean'), 0)} / {_cell(w.get('gpu_util_min'), 0)}", _cell(w.get("rss_peak_gib")),
+                *_baseline_cells(w),
             ]) + " |")
     if report.get("soak"):
         s = report["soak"]
@@ -501,8 +636,23 @@ def render_markdown(report: dict) -> str:
                       f"({s['out_of_memory']} out of memory), {s['recovered']} recovered; {s['memory_kind']} "
                       f"{s['memory_start_gib']} → {s['memory_end_gib']} GiB."]
     lines += ["", "Speed-up = baseline mean / our mean (the plain library call: `from_pretrained(...).to(device)`, "
-              "one `pipe(...)` call and the mp4 write, in the same process)." if report.get("baseline") else ""]
+              "one `pipe(...)` call and the mp4 write, in the same process; for speech, transformers' "
+              "`pipeline(\"automatic-speech-recognition\")` with 30-second chunks, the app's batch size and the same "
+              "tokens per window)." if report.get("baseline") else ""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _baseline_cells(workload: dict) -> tuple[str, str]:
+    """The baseline's mean (or why it failed) and the speed-up, as table cells."""
+    baseline = workload.get("baseline")
+    if not baseline:
+        return "–", "–"
+    if baseline.get("error"):
+        return f"failed: {baseline['error'][:60].replace('|', '/')}", "–"
+    base = baseline.get("wall_s", {}).get("mean")
+    ours = (workload.get("wall_s") or {}).get("mean")
+    ratio = round(base / ours, 2) if base and ours else None
+    return _cell(base), f"{_cell(ratio)}x" if ratio else "–"
 
 
 def run_benchmark(worker, settings, workloads: list[Workload], repeat: int, baseline: bool = False,
@@ -520,13 +670,21 @@ def run_benchmark(worker, settings, workloads: list[Workload], repeat: int, base
         "cold_start_s": cold_start_seconds(settings.demo) if cold_start else None,
         "workloads": [],
     }
+    if any(w.task == "asr" for w in workloads) and (settings.demo or settings.random_weights):
+        from .asr import DEMO_MAX_NEW_TOKENS, RANDOM_WEIGHTS_NEW_TOKENS
+
+        report["asr_tokens"] = (
+            f"tiny random Whisper: at most {DEMO_MAX_NEW_TOKENS} tokens per 30-second window" if settings.demo else
+            f"random-weight Whisper decodes exactly {RANDOM_WEIGHTS_NEW_TOKENS} tokens per 30-second window (about "
+            "what speech holds; random weights never end by themselves), in the app and the baseline alike"
+        )
     for workload in workloads:
         logger.info("Benchmark: %s", workload.name)
         result = run_workload(worker, workload, repeat, lambda: tick(1))
         if baseline and workload.task in BASELINES and not result.get("error"):
             worker.release_vram(timeout=3600)  # the plain call gets the whole device, as it would alone
             result["baseline"] = worker.run_exclusive(
-                lambda: BASELINES[workload.task](settings, worker.device, worker.dtype, workload, repeat)
+                lambda: run_baseline(settings, worker.device, worker.dtype, workload, repeat, result)
             )
         report["workloads"].append(result)
     if soak_jobs:

@@ -116,7 +116,8 @@ def load_video_pipeline(spec: ModelSpec, settings: Settings, device: str, dtype:
 
         folder, revision = "random weights", "random weights (real architecture)"
         build_on = device if settings.offload == "none" else "cpu"
-        pipe = build_random_pipeline(spec.id, build_on, _torch_dtype(dtype), vae_dtype=torch.float32)
+        fp32 = spec.extra.get("fp32_components", ("vae",))  # as from_pretrained below
+        pipe = build_random_pipeline(spec.id, build_on, _torch_dtype(dtype), fp32_components=fp32)
     else:
         folder, revision = resolve_source(spec, settings)
         started = time.perf_counter()

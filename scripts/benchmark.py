@@ -3,6 +3,7 @@
 
     python scripts/benchmark.py --demo --repeat 2            # tiny models: the app's own overhead (CI)
     python scripts/benchmark.py --random-weights --baseline  # real architectures, no download needed
+    python scripts/benchmark.py --tasks asr --random-weights # Whisper: exactly 100 tokens per 30-s window
     python scripts/benchmark.py --model wan2.1-t2v-14b       # real weights from the HF cache
     python scripts/benchmark.py --demo --soak 50             # 50 mixed jobs back to back
 
