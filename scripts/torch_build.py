@@ -111,6 +111,9 @@ VARIANTS: dict[str, Variant] = {  # newest first: the first one that fits wins
 CUDA_VARIANTS = [v for v in VARIANTS.values() if v.cuda]
 
 # The CUDA variant of the plain PyPI wheel on Linux for the pinned version (Windows: CPU only).
+# Not used by the automatic choice: every CUDA build comes from PyTorch's own index for its variant
+# (`--index-url`, so no CPU wheel from another index can win). `CINESCRIBE_TORCH_INDEX=pypi` still
+# installs the plain PyPI wheel, for users of a PyPI mirror; it is this variant on Linux.
 PYPI_LINUX_DEFAULT = {"2.11.0": "cu130", "2.10.0": "cu128", "2.9.1": "cu128"}
 
 # Optional accelerators for --extras (CINESCRIBE_EXTRAS overrides the list). Each is installed on
@@ -277,8 +280,7 @@ def wanted_companions(requirements_path: str | os.PathLike | None) -> list[str]:
 def _from_variant(variant: Variant, platform: str, companions: list[str], *, reason: str,
                   warnings: list[str] | None = None, forced_cpu: bool = False) -> Selection:
     pins = variant.pins()
-    on_pypi = (platform == "linux" and variant.cuda is not None
-               and PYPI_LINUX_DEFAULT.get(variant.torch) == variant.name)
+    on_pypi = False  # the variant's own index, on Linux as on Windows (see PYPI_LINUX_DEFAULT)
     # From PyPI "===": plain "==2.11.0" would also accept "2.11.0+cpu" from an extra index in the
     # user's pip config, and pip prefers that (a local version sorts higher).
     local, equals = ("", "===") if on_pypi else (f"+{variant.name}", "==")

@@ -103,12 +103,11 @@ def test_rtx3090_on_driver_535_gets_cu126():
     assert sel.variant == "cu126" and sel.torch_version == "2.11.0+cu126"
 
 
-def test_rtx3090_on_driver_580_linux_uses_plain_pypi_whose_wheel_is_cu130():
+def test_rtx3090_on_driver_580_linux_uses_the_cu130_index():
     sel = pick(SMI_RTX3090_580, "linux")
     assert sel.variant == "cu130"
-    assert sel.pip_args() == ["torch===2.11.0"]  # no --index-url: PyPI's Linux wheel is cu130
-    assert sel.index_url is None and sel.torch_version == "2.11.0"
-    assert "PyPI" in sel.reason
+    assert sel.pip_args() == ["torch==2.11.0+cu130", "--index-url", CU + "cu130"]  # a +cpu wheel can't win
+    assert sel.torch_version == "2.11.0+cu130"
 
 
 def test_rtx3090_on_driver_580_windows_always_uses_the_pytorch_index():
@@ -134,7 +133,7 @@ def test_rtx5090_on_r575_driver_needs_and_gets_cu128(smi, platform):
 
 def test_rtx5090_on_a_580_driver_gets_cu130():
     assert pick(SMI_RTX5090_581, "win32").variant == "cu130"
-    assert pick(SMI_RTX5090_581, "linux").pip_args() == ["torch===2.11.0"]
+    assert pick(SMI_RTX5090_581, "linux").pip_args() == ["torch==2.11.0+cu130", "--index-url", CU + "cu130"]
 
 
 @pytest.mark.parametrize("platform, needed", [("linux", "570.26"), ("win32", "570.65")])
@@ -565,7 +564,7 @@ def test_launcher_options_are_consumed_and_the_rest_passes_through_unchanged(box
     (SMI_GTX1080_OLD, ["torch==2.7.1+cu118", "--index-url", CU + "cu118"]),
     (SMI_RTX4090_550, ["torch==2.11.0+cu126", "--index-url", CU + "cu126"]),
     (SMI_RTX5090_LINUX, ["torch==2.11.0+cu128", "--index-url", CU + "cu128"]),
-    (SMI_RTX3090_580, ["torch===2.11.0"]),
+    (SMI_RTX3090_580, ["torch==2.11.0+cu130", "--index-url", CU + "cu130"]),
 ])
 def test_each_gpu_gets_the_right_torch_command(box, smi, expected):
     box.gpu(smi)
@@ -620,7 +619,7 @@ def test_update_after_a_driver_upgrade_switches_the_build(box):
     assert proc.returncode == 0, _out(proc)
     calls = box.pip_calls()
     assert calls[0] == ["uninstall", "-y", "torch", "torchvision", "torchaudio"]
-    assert calls[1] == ["install", "torch===2.11.0"]
+    assert calls[1] == ["install", "torch==2.11.0+cu130", "--index-url", CU + "cu130"]
     assert calls[2][:2] == ["install", "-r"] and calls[2][-1] == "--upgrade"
     assert "--update" not in box.app_runs()[0]["argv"]
 
@@ -645,13 +644,13 @@ def test_extras_use_the_constraints_wheels_only_and_only_warn_on_failure(box):
     assert len(box.app_runs()) == 1
 
 
-def test_extras_on_the_pypi_cu130_build_need_no_extra_index(box):
+def test_extras_come_with_the_torch_builds_own_index(box):
     box.gpu(SMI_RTX3090_580)
     proc = box.run("--extras", CINESCRIBE_EXTRAS="xformers flash-attn")
     assert proc.returncode == 0, _out(proc)
-    extras = [c[-1] for c in box.pip_calls() if "--only-binary=:all:" in c]
-    assert extras == ["xformers>=0.0.29", "flash-attn>=2.6.3"]
-    assert not any("--extra-index-url" in c for c in box.pip_calls())
+    extras = [c for c in box.pip_calls() if "--only-binary=:all:" in c]
+    assert [c[-1] for c in extras] == ["xformers>=0.0.29", "flash-attn>=2.6.3"]
+    assert all(" ".join(["--extra-index-url", CU + "cu130"]) in " ".join(c) for c in extras), extras
 
 
 def test_torch_index_override_from_the_environment(box, tmp_path):
