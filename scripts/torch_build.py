@@ -110,10 +110,8 @@ VARIANTS: dict[str, Variant] = {  # newest first: the first one that fits wins
 }
 CUDA_VARIANTS = [v for v in VARIANTS.values() if v.cuda]
 
-# The CUDA variant of the plain PyPI wheel on Linux for the pinned version (Windows: CPU only).
-# Not used by the automatic choice: every CUDA build comes from PyTorch's own index for its variant
-# (`--index-url`, so no CPU wheel from another index can win). `CINESCRIBE_TORCH_INDEX=pypi` still
-# installs the plain PyPI wheel, for users of a PyPI mirror; it is this variant on Linux.
+# The CUDA variant of the plain PyPI wheel on Linux for the pinned version (Windows: CPU only). Not
+# used by the automatic choice; it documents what CINESCRIBE_TORCH_INDEX=pypi (a PyPI mirror) gives.
 PYPI_LINUX_DEFAULT = {"2.11.0": "cu130", "2.10.0": "cu128", "2.9.1": "cu128"}
 
 # Optional accelerators for --extras (CINESCRIBE_EXTRAS overrides the list). Each is installed on
@@ -280,16 +278,12 @@ def wanted_companions(requirements_path: str | os.PathLike | None) -> list[str]:
 def _from_variant(variant: Variant, platform: str, companions: list[str], *, reason: str,
                   warnings: list[str] | None = None, forced_cpu: bool = False) -> Selection:
     pins = variant.pins()
-    on_pypi = False  # the variant's own index, on Linux as on Windows (see PYPI_LINUX_DEFAULT)
-    # From PyPI "===": plain "==2.11.0" would also accept "2.11.0+cpu" from an extra index in the
-    # user's pip config, and pip prefers that (a local version sorts higher).
-    local, equals = ("", "===") if on_pypi else (f"+{variant.name}", "==")
-    requirements = [f"{name}{equals}{pins[name]}{local}" for name in ("torch", *companions)]
-    index_url = None if on_pypi else f"{PYTORCH_INDEX}/{variant.name}"
-    if on_pypi:
-        reason += f" (torch {variant.torch} from PyPI, whose Linux wheel is the {variant.name} build)"
-    else:
-        reason += f" (torch {variant.torch})"
+    # Always the variant's own index with its exact local version: no CPU wheel from another index
+    # in pip's config can take its place.
+    local = f"+{variant.name}"
+    requirements = [f"{name}=={pins[name]}{local}" for name in ("torch", *companions)]
+    index_url = f"{PYTORCH_INDEX}/{variant.name}"
+    reason += f" (torch {variant.torch})"
     return Selection(variant.name, requirements, f"{variant.torch}{local}", index_url,
                      cuda=variant.cuda is not None, reason=reason, warnings=list(warnings or []),
                      forced_cpu=forced_cpu)
