@@ -22,6 +22,7 @@ from pipelines.registry import DEFAULT_MODEL, get_spec, models_for
 
 from .i18n import Translator, error_text, request_language, t
 from .i18n import model_note as catalogue_note
+from .job_status import follow_job
 
 
 def language_choices(lang: str) -> list[tuple[str, str]]:
@@ -205,9 +206,7 @@ def build_asr_tab(worker, settings, translator: Translator, lang_state: gr.State
             raise gr.Error(error_text(lang, error.key, error.params, str(error)))
         skip = gr.skip()
         yield _status(lang, job, worker.position(job)), job.id, "", "", None, skip
-        seen = -1
-        while not job.state.finished:
-            seen = job.wait_for_change(seen, timeout=2.0)
+        for _ in follow_job(job, timeout=2.0):
             yield _status(lang, job, worker.position(job)), skip, skip, skip, skip, skip
         if job.state == JobState.CANCELLED:
             yield t(lang, "asr_status_cancelled"), "", skip, skip, skip, skip

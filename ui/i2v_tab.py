@@ -16,7 +16,7 @@ from pipelines.registry import DEFAULT_MODEL, I2V_MAX_AREA, get_spec, models_for
 
 from .i18n import Translator, error_text, request_language, t
 from .i18n import model_note as catalogue_note
-from .job_status import POLL_SECONDS, job_status
+from .job_status import follow_job, job_status
 
 RECENT_CLIPS = 30
 
@@ -287,12 +287,8 @@ def build_i2v_tab(worker, settings, translator: Translator, lang_state: gr.State
             raise gr.Error(_error(lang, error))
         skip = gr.skip()
         yield job_status(lang, job, worker.position(job)), job.id, None, skip, skip, str(i2v_request.seed), skip
-        seen, shown_preview = -1, None
-        while not job.state.finished:
-            seen = job.wait_for_change(seen, timeout=POLL_SECONDS * 4)
-            fresh = job.preview if job.preview is not None and job.preview is not shown_preview else None
-            shown_preview = job.preview if fresh is not None else shown_preview
-            yield job_status(lang, job, worker.position(job)), skip, fresh if fresh is not None else skip, skip, skip, skip, skip
+        for fresh in follow_job(job):
+            yield job_status(lang, job, worker.position(job)), skip, skip if fresh is None else fresh, skip, skip, skip, skip
         if job.state == JobState.CANCELLED:
             yield t(lang, "status_cancelled"), "", skip, skip, skip, skip, skip
             return

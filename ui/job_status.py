@@ -23,3 +23,18 @@ def job_status(lang: str, job, position: int) -> str:
     if p.eta_s is not None and p.stage == "denoise":
         text += f" · ETA {p.eta_s:.0f} s"
     return text
+
+
+def follow_job(job, timeout: float = POLL_SECONDS * 4):
+    """Yield each time ``job`` changes, until it finishes: the new preview image, or None when unchanged.
+
+    The tabs' handlers turn each step into an update of their own outputs; nothing here touches the
+    device, it only waits on the job's condition variable.
+    """
+    seen, shown = -1, None
+    while not job.state.finished:
+        seen = job.wait_for_change(seen, timeout)
+        fresh = job.preview if job.preview is not None and job.preview is not shown else None
+        if fresh is not None:
+            shown = fresh
+        yield fresh

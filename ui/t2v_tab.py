@@ -14,7 +14,7 @@ from pipelines.t2v import DEFAULT_NEGATIVE_PROMPT, T2VRequest, presets_for, reso
 
 from .i18n import Translator, error_text, request_language, t
 from .i18n import model_note as catalogue_note
-from .job_status import POLL_SECONDS, job_status
+from .job_status import follow_job, job_status
 
 def _preset_values(spec, preset_name: str, demo: bool) -> dict:
     presets = presets_for(spec, demo)
@@ -144,12 +144,8 @@ def build_t2v_tab(worker, settings, translator: Translator, lang_state: gr.State
             raise gr.Error(error_text(lang, error.key, error.params, str(error)))
         skip = gr.skip()
         yield job_status(lang, job, worker.position(job)), job.id, None, skip, skip, str(t2v_request.seed), skip
-        seen, shown_preview = -1, None
-        while not job.state.finished:
-            seen = job.wait_for_change(seen, timeout=POLL_SECONDS * 4)
-            fresh = job.preview if job.preview is not None and job.preview is not shown_preview else None
-            shown_preview = job.preview if fresh is not None else shown_preview
-            yield job_status(lang, job, worker.position(job)), skip, fresh if fresh is not None else skip, skip, skip, skip, skip
+        for fresh in follow_job(job):
+            yield job_status(lang, job, worker.position(job)), skip, skip if fresh is None else fresh, skip, skip, skip, skip
         if job.state == JobState.CANCELLED:
             yield t(lang, "status_cancelled"), "", skip, skip, skip, skip, skip
             return
