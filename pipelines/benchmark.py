@@ -275,20 +275,15 @@ def _plain(value: Any) -> Any:
 # --- the plain library call -------------------------------------------------------------------------
 
 
-def baseline_t2v(settings, device: str, dtype: str, workload: Workload, repeat: int, measured: dict | None = None) -> dict:
-    """The same clip with diffusers' defaults: ``from_pretrained(...).to(device)`` and one ``pipe(...)`` call."""
+def _plain_video_pipeline(spec, settings, device: str, dtype: str):
+    """The pipeline as diffusers' docs load it (``from_pretrained(..., dtype).to(device)``; random weights
+    when asked), with the seconds it took."""
     import diffusers
-    import numpy as np
-    import torch
 
     from .loading import _torch_dtype, resolve_source
-    from .media import write_mp4
-    from .t2v import validate_t2v
 
-    spec = get_spec(workload.model)
-    request = validate_t2v(workload.request, demo=settings.demo)
     started = time.perf_counter()
-    if settings.random_weights:
+    if settings.random_weights and not settings.demo:
         from .random_weights import build_random_pipeline
 
         pipe = build_random_pipeline(spec.id, device, _torch_dtype(dtype))
@@ -296,14 +291,52 @@ def baseline_t2v(settings, device: str, dtype: str, workload: Workload, repeat: 
         folder, _ = resolve_source(spec, settings)
         pipe = getattr(diffusers, spec.pipeline_class).from_pretrained(folder, dtype=_torch_dtype(dtype)).to(device)
     pipe.set_progress_bar_config(disable=True)
-    load_s = time.perf_counter() - started
+    return pipe, time.perf_counter() - started
+
+
+def _timed_runs(repeat: int, device: str, run: Callable[[int], None]) -> list[float]:
+    """``run(index)`` once to warm up, then ``repeat`` times; the timed runs' wall seconds."""
+    import torch
+
     times = []
-    out_dir = Path(settings.outputs_dir) / "benchmarks" / "baseline"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for index in range(repeat + 1):  # the first is the warm-up
+    for index in range(repeat + 1):
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         started = time.perf_counter()
+        run(index)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        if index:
+            times.append(time.perf_counter() - started)
+    return times
+
+
+def _baseline_dir(settings) -> Path:
+    folder = Path(settings.outputs_dir) / "benchmarks" / "baseline"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _write_frames(frames, path: Path, fps: int) -> None:
+    import numpy as np
+
+    from .media import write_mp4
+
+    frames = np.asarray(frames, dtype=np.float32)
+    write_mp4((np.clip(frames, 0, 1) * 255).round().astype(np.uint8), path, fps)
+
+
+def baseline_t2v(settings, device: str, dtype: str, workload: Workload, repeat: int, measured: dict | None = None) -> dict:
+    """The same clip with diffusers' defaults: ``from_pretrained(...).to(device)`` and one ``pipe(...)`` call."""
+    import torch
+
+    from .t2v import validate_t2v
+
+    request = validate_t2v(workload.request, demo=settings.demo)
+    pipe, load_s = _plain_video_pipeline(get_spec(workload.model), settings, device, dtype)
+    out_dir = _baseline_dir(settings)
+
+    def run(index: int) -> None:
         frames = pipe(
             prompt=request.prompt,
             negative_prompt=request.negative_prompt,
@@ -314,13 +347,9 @@ def baseline_t2v(settings, device: str, dtype: str, workload: Workload, repeat: 
             guidance_scale=request.guidance,
             generator=torch.Generator("cpu").manual_seed(request.seed),
         ).frames[0]
-        write_mp4((np.clip(frames, 0, 1) * 255).round().astype(np.uint8), out_dir / f"baseline_{index}.mp4", request.fps)
-        if index:
-            times.append(time.perf_counter() - started)
-    del pipe
-    from .memory import free_memory
+        _write_frames(frames, out_dir / f"baseline_{index}.mp4", request.fps)
 
-    free_memory(device)
+    times = _timed_runs(repeat, device, run)  # the pipeline goes with this frame; run_baseline frees memory
     return {"load_s": round(load_s, 3), "wall_s": _stats(times)}
 
 
@@ -329,49 +358,27 @@ def baseline_i2v(settings, device: str, dtype: str, workload: Workload, repeat: 
     call with the photo as a PIL image, the same mp4 write. ``I2VGenXLPipeline``'s own prompt encoding reads
     ``text_encoder.text_model``, which transformers 5 does not have: then this raises and the report says
     "failed" (the app encodes the prompt itself, see ``pipelines/i2v.py``)."""
-    import diffusers
-    import numpy as np
     import torch
     from PIL import Image
 
     from .i2v import family, validate_i2v
-    from .loading import _torch_dtype, resolve_source
-    from .media import write_mp4
 
     spec = get_spec(workload.model)
     request = validate_i2v(workload.request, demo=settings.demo)
-    started = time.perf_counter()
-    if settings.random_weights and not settings.demo:
-        from .random_weights import build_random_pipeline
-
-        pipe = build_random_pipeline(spec.id, device, _torch_dtype(dtype))
-    else:
-        folder, _ = resolve_source(spec, settings)
-        pipe = getattr(diffusers, spec.pipeline_class).from_pretrained(folder, dtype=_torch_dtype(dtype)).to(device)
-    pipe.set_progress_bar_config(disable=True)
-    load_s = time.perf_counter() - started
+    pipe, load_s = _plain_video_pipeline(spec, settings, device, dtype)
     extra = {"target_fps": request.fps} if family(spec) == "i2vgen" else {}
-    out_dir = Path(settings.outputs_dir) / "benchmarks" / "baseline"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    times = []
-    try:
-        for index in range(repeat + 1):  # the first is the warm-up
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            started = time.perf_counter()
-            image = Image.open(request.image).convert("RGB")
-            frames = pipe(
-                prompt=request.prompt, image=image, negative_prompt=request.negative_prompt, height=request.height,
-                width=request.width, num_frames=request.frames, num_inference_steps=request.steps,
-                guidance_scale=request.guidance, generator=torch.Generator("cpu").manual_seed(request.seed), **extra,
-            ).frames[0]
-            frames = np.asarray(frames, dtype=np.float32)
-            write_mp4((np.clip(frames, 0, 1) * 255).round().astype(np.uint8), out_dir / f"baseline_i2v_{index}.mp4",
-                      request.fps)
-            if index:
-                times.append(time.perf_counter() - started)
-    finally:
-        del pipe
+    out_dir = _baseline_dir(settings)
+
+    def run(index: int) -> None:
+        image = Image.open(request.image).convert("RGB")
+        frames = pipe(
+            prompt=request.prompt, image=image, negative_prompt=request.negative_prompt, height=request.height,
+            width=request.width, num_frames=request.frames, num_inference_steps=request.steps,
+            guidance_scale=request.guidance, generator=torch.Generator("cpu").manual_seed(request.seed), **extra,
+        ).frames[0]
+        _write_frames(frames, out_dir / f"baseline_i2v_{index}.mp4", request.fps)
+
+    times = _timed_runs(repeat, device, run)  # the pipeline goes with this frame; run_baseline frees memory
     return {"load_s": round(load_s, 3), "wall_s": _stats(times)}
 
 
@@ -382,7 +389,6 @@ def baseline_asr(settings, device: str, dtype: str, workload: Workload, repeat: 
     decoding would never end."""
     import shutil
 
-    import torch
     from transformers import pipeline
 
     from .asr import CHUNK_SECONDS, CPU_BATCH_SIZE, DEMO_MAX_NEW_TOKENS, RANDOM_WEIGHTS_NEW_TOKENS
@@ -412,31 +418,25 @@ def baseline_asr(settings, device: str, dtype: str, workload: Workload, repeat: 
     load_s = time.perf_counter() - started
     batch_size = (measured or {}).get("batch_size") or request.batch_size or CPU_BATCH_SIZE
     audio_in = "file path (ffmpeg)"
-    out_dir = Path(settings.outputs_dir) / "benchmarks" / "baseline"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    times = []
-    try:
-        for index in range(repeat + 1):  # the first is the warm-up
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            started = time.perf_counter()
-            texts = []
-            for path in request.files:
-                if shutil.which("ffmpeg"):
-                    audio = path
-                else:  # the pipeline reads files with an ffmpeg on PATH; else decode with the app's
-                    from .audio import SAMPLE_RATE, decode_audio
+    out_dir = _baseline_dir(settings)
+    on_path = shutil.which("ffmpeg") is not None  # the pipeline reads files with an ffmpeg on PATH
+    audio_in = "file path (ffmpeg)" if on_path else "decoded by the app's ffmpeg (no ffmpeg on PATH)"
 
-                    audio_in = "decoded by the app's ffmpeg (no ffmpeg on PATH)"
-                    audio = {"raw": decode_audio(Path(path), Path(path).name)[0], "sampling_rate": SAMPLE_RATE}
-                output = asr(audio, chunk_length_s=CHUNK_SECONDS, batch_size=batch_size, return_timestamps=True,
-                             generate_kwargs=dict(generate_kwargs))
-                texts.append(output["text"])
-            (out_dir / f"baseline_asr_{index}.txt").write_text("\n".join(texts), encoding="utf-8")
-            if index:
-                times.append(time.perf_counter() - started)
-    finally:
-        del asr
+    def run(index: int) -> None:
+        texts = []
+        for path in request.files:
+            if on_path:
+                audio = path
+            else:
+                from .audio import SAMPLE_RATE, decode_audio
+
+                audio = {"raw": decode_audio(Path(path), Path(path).name)[0], "sampling_rate": SAMPLE_RATE}
+            output = asr(audio, chunk_length_s=CHUNK_SECONDS, batch_size=batch_size, return_timestamps=True,
+                         generate_kwargs=dict(generate_kwargs))
+            texts.append(output["text"])
+        (out_dir / f"baseline_asr_{index}.txt").write_text("\n".join(texts), encoding="utf-8")
+
+    times = _timed_runs(repeat, device, run)
     return {"load_s": round(load_s, 3), "wall_s": _stats(times), "batch_size": batch_size, "audio_input": audio_in,
             "generate_kwargs": {k: v for k, v in generate_kwargs.items() if k != "logits_processor"}}
 
