@@ -72,3 +72,19 @@ def test_latent_preview_is_a_small_rgb_strip():
     assert image.std() > 0
     wide = latents_to_rgb(np.random.default_rng(0).standard_normal((48, 2, 8, 8)).astype(np.float32))
     assert wide.shape == (8, 16, 3)  # fewer than four frames: a strip
+
+
+def test_live_preview_follows_the_running_job_and_clears_after():
+    import gradio as gr
+
+    from ui.live_panel import live_preview
+
+    picture = np.zeros((4, 4, 3), np.uint8)
+    update, shown = live_preview(picture, None)
+    assert update is picture and shown == id(picture)
+    update, shown = live_preview(picture, shown)  # same picture: nothing to send
+    assert isinstance(update, type(gr.skip())) and shown == id(picture)
+    update, shown = live_preview(None, shown)  # the job ended (or the next one has no preview): clear once
+    assert update is None and shown is None
+    update, shown = live_preview(None, shown)
+    assert isinstance(update, type(gr.skip())) and shown is None

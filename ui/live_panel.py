@@ -46,6 +46,19 @@ def progress_html(lang: str, current: dict | None) -> str:
     )
 
 
+def live_preview(picture, shown: int | None):
+    """What the panel's preview should do: ``(update, id now shown)``.
+
+    A new picture of the running job replaces the old one; once no job runs, or the running job has no
+    preview yet (an ASR job after a video job), the last picture is cleared instead of lingering.
+    """
+    if picture is None:
+        return (None, None) if shown is not None else (gr.skip(), None)
+    if id(picture) == shown:
+        return gr.skip(), shown
+    return picture, id(picture)
+
+
 def build_live_panel(worker, log_buffer, translator: Translator, lang_state: gr.State, strip: gr.HTML) -> None:
     """The panel, and one timer that refreshes it and the status ``strip`` (placed at the top)."""
     with translator.bind(gr.Accordion("Live", open=True, elem_id="cs-live-panel"), label="live_title"):
@@ -65,16 +78,13 @@ def build_live_panel(worker, log_buffer, translator: Translator, lang_state: gr.
     def refresh(lang: str, state: dict):
         status = worker.status()
         current_job = worker.current_job()
-        skip = gr.skip()
-        log_update = skip
+        log_update = gr.skip()
         if log_buffer is not None and log_buffer.sequence != state.get("log"):
             state = {**state, "log": log_buffer.sequence}
             log_update = "\n".join(log_buffer.tail(LOG_LINES))
-        preview_update = skip
         picture = current_job.preview if current_job is not None else None
-        if picture is not None and id(picture) != state.get("preview"):
-            state = {**state, "preview": id(picture)}
-            preview_update = picture
+        preview_update, shown = live_preview(picture, state.get("preview"))
+        state = {**state, "preview": shown}
         return status_strip(lang, status), progress_html(lang, status.get("current")), preview_update, log_update, state
 
     timer.tick(refresh, [lang_state, seen], [strip, live, preview, log, seen], api_visibility="private",
