@@ -42,8 +42,13 @@ from .registry import (
     snap_frames,
 )
 from .video import DEFAULT_NEGATIVE_PROMPT as WAN_NEGATIVE_PROMPT
-from .video import video_sidecar
-from .video import MAX_CLIPS, MAX_PROMPT_CHARS, PREVIEW_UPDATES, PREVIEW_UPSCALE
+from .video import (
+    MAX_CLIPS,
+    MAX_PROMPT_CHARS,
+    PREVIEW_UPDATES,
+    PREVIEW_UPSCALE,
+    video_sidecar,
+)
 
 logger = logging.getLogger(__name__)
 

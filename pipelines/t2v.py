@@ -14,6 +14,15 @@ import time
 from dataclasses import dataclass, field
 
 from .jobs import Job, RequestError, parse_number
+from .registry import (
+    DEFAULT_MODEL,
+    DEMO_PRESETS,
+    DEMO_RESOLUTIONS,
+    ModelSpec,
+    frame_size,
+    get_spec,
+    snap_frames,
+)
 from .video import (
     DEFAULT_NEGATIVE_PROMPT,
     MAX_CLIPS,
@@ -25,10 +34,8 @@ from .video import (
     set_flow_shift,
     video_sidecar,
 )
-from .registry import DEMO_PRESETS, DEMO_RESOLUTIONS, DEFAULT_MODEL, ModelSpec, frame_size, get_spec, snap_frames
 
 logger = logging.getLogger(__name__)
-
 
 
 @dataclass
