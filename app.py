@@ -148,7 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     if settings.demo:
         logger.info("Demo mode: tiny random models, clips are noise.")
 
-    worker = GPUWorker(settings)
+    from pipelines.store import JobStore
+
+    worker = GPUWorker(settings, store=JobStore(settings.jobs_db))
     worker.start()
     if settings.preload:
         worker.preload(settings.preload)

@@ -89,6 +89,8 @@ class Job:
     error_key: str = ""
     error_params: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    attempts: int = 0  # times it started running (a job interrupted by a restart runs again once)
+    stored: bool = False  # recorded in the job store on disk
     version: int = 0
     cancel_event: threading.Event = field(default_factory=threading.Event, repr=False)
     _changed: threading.Condition = field(default_factory=threading.Condition, repr=False)
@@ -127,6 +129,7 @@ class Job:
             "eta_s": p.eta_s,
             "error": self.error,
             "notes": list(self.notes),
+            "attempts": self.attempts,
             "created": self.created,
             "started": self.started,
             "finished": self.finished,

@@ -56,5 +56,10 @@ class Settings:
         return self.data_dir / "demo_models"
 
     @property
+    def jobs_db(self) -> Path:
+        """The queue and history of jobs (SQLite)."""
+        return self.data_dir / "jobs.sqlite3"
+
+    @property
     def logs_dir(self) -> Path:
         return self.data_dir / "logs"

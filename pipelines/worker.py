@@ -1,7 +1,9 @@
 """The GPU worker: the one thread that touches CUDA. It runs jobs in order and keeps models resident.
 
 UI threads talk to it only through ``submit``, ``cancel``, ``release_vram``, ``status`` and the ``Job``
-objects it hands back; control messages (release, preload) run between jobs, before queued jobs.
+objects it hands back; control messages (release, preload) run between jobs, before queued jobs. The
+queue itself (``JobQueue``) lives in this process and, given a ``JobStore``, on disk: jobs queued or
+running when the app stops run when it is back.
 """
 
 from __future__ import annotations
@@ -19,17 +21,18 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+from .jobqueue import JobQueue
 from .jobs import Job, JobCancelled, JobState, RequestError, StepClock
 from .loading import LoadedModel, load_model
 from .manager import ModelManager
 from .memory import PeakTracker, free_memory, gib, is_out_of_memory, read_memory
 from .registry import DEFAULT_MODEL, ModelSpec, get_spec
 from .settings import TASKS, Settings
+from .store import JobStore
 
 logger = logging.getLogger(__name__)
 
 TaskHandler = Callable[[Job, "TaskContext"], Any]
-_FINISHED_KEPT = 200
 
 
 def _task_runner(task: str) -> TaskHandler:
@@ -96,22 +99,23 @@ class TaskContext:
 
     def environment(self) -> dict:
         """Device, dtype and library versions, for the sidecar."""
-        return {**self.worker.environment, "offload": self.settings.offload, "vae_tiling": self.settings.vae_tiling}
+        return {**self.worker.environment, "offload": self.settings.offload, "vae_tiling": self.settings.vae_tiling,
+                "job_id": self.job.id, "owner": self.job.owner, "attempt": self.job.attempts}
 
 
 class GPUWorker:
-    def __init__(self, settings: Settings, handlers: dict[str, TaskHandler] | None = None):
+    def __init__(self, settings: Settings, handlers: dict[str, TaskHandler] | None = None,
+                 store: JobStore | None = None):
         self.settings = settings
+        self.queue = JobQueue(store)
         self.handlers = handlers if handlers is not None else default_handlers()
         self.device = "cpu"
         self.dtype = "fp32"
         self.device_name = "CPU"
         self.environment: dict = {}
         self.models: ModelManager | None = None
-        self._lock = threading.Condition()
-        self._pending: collections.deque[Job] = collections.deque()
+        self._lock = self.queue.lock
         self._controls: collections.deque[tuple[str, Any, concurrent.futures.Future]] = collections.deque()
-        self._jobs: collections.OrderedDict[str, Job] = collections.OrderedDict()
         self._current: Job | None = None
         self._stopping = False
         self._ready = threading.Event()
@@ -122,7 +126,9 @@ class GPUWorker:
     # --- called from any thread -------------------------------------------------------------------
 
     def start(self) -> None:
+        """Queue again the jobs left from the last run (with a store), then start the worker thread."""
         if self._thread is None:
+            self.queue.restore()
             self._thread = threading.Thread(target=self._run, name="gpu-worker", daemon=True)
             self._thread.start()
 
@@ -130,13 +136,10 @@ class GPUWorker:
         return self._ready.wait(timeout)
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Cancel what runs and what waits, then end the thread."""
+        """Stop taking jobs, stop the running one at its next step (it runs again after a restart), end."""
         with self._lock:
             self._stopping = True
-            for job in self._pending:
-                job.cancel_event.set()
-                job.update(state=JobState.CANCELLED, finished=time.time(), error="The app is shutting down.")
-            self._pending.clear()
+            self.queue.close()
             if self._current is not None:
                 self._current.cancel_event.set()
             self._lock.notify_all()
@@ -146,41 +149,18 @@ class GPUWorker:
     def submit(self, task: str, request: Any, owner: str = "") -> Job:
         if task not in self.handlers:
             raise RequestError(f"No task {task!r} in this app; it has {', '.join(self.handlers)}.", key="unknown_task")
-        job = Job(task=task, request=request, owner=owner)
-        with self._lock:
-            if self._stopping:
-                raise RequestError("The app is restarting; try again in a moment.", key="restarting")
-            self._pending.append(job)
-            self._jobs[job.id] = job
-            self._trim_finished()
-            self._lock.notify_all()
-        logger.info("Job %s queued (%s), %d in queue", job.id, task, len(self._pending))
-        return job
+        return self.queue.submit(task, request, owner)
 
     def cancel(self, job_id: str) -> bool:
         """Cancel a queued job at once, or a running one at its next step. False if unknown or finished."""
-        with self._lock:
-            job = self._jobs.get(job_id)
-            if job is None or job.state.finished:
-                return False
-            job.cancel_event.set()
-            if job in self._pending:
-                self._pending.remove(job)
-                job.update(state=JobState.CANCELLED, finished=time.time())
-            self._lock.notify_all()
-        logger.info("Job %s: cancel requested", job_id)
-        return True
+        return self.queue.cancel(job_id)
 
     def job(self, job_id: str) -> Job | None:
-        return self._jobs.get(job_id)
+        return self.queue.job(job_id)
 
     def position(self, job: Job) -> int:
         """0 while running or finished; 1 for the next job to run, 2 behind it, and so on."""
-        with self._lock:
-            try:
-                return self._pending.index(job) + 1
-            except ValueError:
-                return 0
+        return self.queue.position(job)
 
     def release_vram(self, timeout: float | None = None) -> dict:
         """Drop every resident model between jobs; returns the measured result once it has happened."""
@@ -197,7 +177,7 @@ class GPUWorker:
         """Device, memory, resident models, queue and current job, without touching the device."""
         with self._lock:
             current = self._current.snapshot() if self._current else None
-            return {**self._status, "queue": len(self._pending), "current": current}
+            return {**self._status, "queue": len(self.queue), "current": current}
 
     def current_job(self) -> Job | None:
         return self._current
@@ -211,11 +191,6 @@ class GPUWorker:
             self._lock.notify_all()
         return future
 
-    def _trim_finished(self) -> None:
-        finished = [job_id for job_id, job in self._jobs.items() if job.state.finished]
-        for job_id in finished[: max(0, len(finished) - _FINISHED_KEPT)]:
-            del self._jobs[job_id]
-
     def _run(self) -> None:
         try:
             self._init_device()
@@ -227,11 +202,11 @@ class GPUWorker:
         self._ready.set()
         while True:
             with self._lock:
-                self._lock.wait_for(lambda: self._stopping or self._controls or self._pending, timeout=2.0)
+                self._lock.wait_for(lambda: self._stopping or self._controls or len(self.queue), timeout=2.0)
                 if self._stopping:
                     break
                 control = self._controls.popleft() if self._controls else None
-                job = self._pending.popleft() if control is None and self._pending else None
+                job = self.queue.take() if control is None else None
                 self._current = job
             if control is not None:
                 self._handle_control(*control)
@@ -307,24 +282,23 @@ class GPUWorker:
 
     def _run_job(self, job: Job) -> None:
         if job.cancelled:
-            job.update(state=JobState.CANCELLED, finished=time.time())
+            self.queue.mark_finished(job, state=JobState.CANCELLED)
             return
-        job.update(state=JobState.RUNNING, started=time.time())
-        logger.info("Job %s started (%s)", job.id, job.task)
+        self.queue.mark_running(job)
+        logger.info("Job %s started (%s)%s", job.id, job.task, f", attempt {job.attempts}" if job.attempts > 1 else "")
         out_of_memory = False
         try:
             result = self.handlers[job.task](job, TaskContext(self, job))
         except JobCancelled:
-            job.update(state=JobState.CANCELLED, finished=time.time())
-            logger.info("Job %s cancelled", job.id)
+            if self._stopping:
+                self.queue.mark_interrupted(job, "The app stopped while this job ran.")
+                logger.info("Job %s interrupted by the app stopping", job.id)
+            else:
+                self.queue.mark_finished(job, state=JobState.CANCELLED)
+                logger.info("Job %s cancelled", job.id)
         except RequestError as error:
-            job.update(
-                state=JobState.FAILED,
-                finished=time.time(),
-                error=str(error),
-                error_key=error.key,
-                error_params=dict(error.params),
-            )
+            self.queue.mark_finished(job, state=JobState.FAILED, error=str(error), error_key=error.key,
+                                     error_params=dict(error.params))
             logger.warning("Job %s refused: %s", job.id, error)
         except Exception as error:  # the worker must go on with the next job, whatever happened
             out_of_memory = is_out_of_memory(error)
@@ -337,9 +311,9 @@ class GPUWorker:
             else:
                 message, key = f"{type(error).__name__}: {error}", "job_failed"
             logger.error("Job %s failed: %s\n%s", job.id, message, traceback.format_exc())
-            job.update(state=JobState.FAILED, finished=time.time(), error=message, error_key=key)
+            self.queue.mark_finished(job, state=JobState.FAILED, error=message, error_key=key)
         else:
-            job.update(state=JobState.DONE, finished=time.time(), result=result)
+            self.queue.mark_finished(job, state=JobState.DONE, result=result)
             logger.info("Job %s done in %.1f s", job.id, job.finished - job.started)
         finally:
             if out_of_memory:  # a model half-moved or activations left behind would poison the next job

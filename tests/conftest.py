@@ -59,11 +59,27 @@ def free_port() -> int:
 class ServedApp:
     def __init__(self, process: subprocess.Popen, port: int, outputs: Path, log: Path):
         self.process, self.port, self.outputs, self.log = process, port, outputs, log
+        self.data = log.parent / "data"
         self.url = f"http://127.0.0.1:{port}/"
 
 
+def app_data_dir(tmp_path: Path, data_dir: Path) -> Path:
+    """The data folder of an app started in ``tmp_path``: its own job queue and logs, the shared demo models.
+
+    Starting again in the same ``tmp_path`` finds the same queue (restart tests rely on that).
+    """
+    folder = tmp_path / "data"
+    folder.mkdir(parents=True, exist_ok=True)
+    shared = data_dir / "demo_models"
+    shared.mkdir(parents=True, exist_ok=True)
+    link = folder / "demo_models"
+    if not link.exists():
+        link.symlink_to(shared, target_is_directory=True)
+    return folder
+
+
 def start_app(tmp_path: Path, data_dir: Path, *extra: str, env: dict | None = None) -> ServedApp:
-    """``python app.py --demo`` on a free port; returns once the page is served."""
+    """``python app.py --demo`` on a free port, with data in ``tmp_path/data``; returns once the page is served."""
     import urllib.error
     import urllib.request
 
@@ -72,9 +88,9 @@ def start_app(tmp_path: Path, data_dir: Path, *extra: str, env: dict | None = No
     log = tmp_path / "app.log"
     process = subprocess.Popen(
         [sys.executable, str(ROOT / "app.py"), "--demo", "--port", str(port), "--outputs", str(outputs),
-         "--data-dir", str(data_dir), *extra],
+         "--data-dir", str(app_data_dir(tmp_path, data_dir)), *extra],
         cwd=ROOT,
-        stdout=log.open("w", encoding="utf-8"),
+        stdout=log.open("a", encoding="utf-8"),  # a restarted app appends to the same log
         stderr=subprocess.STDOUT,
         env={**os.environ, **(env or {})},
     )
