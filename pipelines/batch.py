@@ -217,7 +217,7 @@ def _csv_rows(text: str, task: str) -> list[tuple[int, dict[str, str]]]:
             if not cells or all(not c.strip() for c in cells) or cells[0].lstrip().startswith("#"):
                 continue
             if len(cells) > len(header):
-                rows.append((start, {"__error__": f"{len(cells)} cells for {len(header)} columns"}))
+                rows.append((start, {"__cells__": str(len(cells)), "__columns__": str(len(header))}))
                 continue
             rows.append((start, {name: value.strip() for name, value in zip(header, cells) if name}))
     except csv.Error as error:
@@ -365,9 +365,9 @@ def read_batch(text: str, task: str, settings: Settings, defaults: dict | None =
     for number, cells in raw_rows:
         row = BatchRow(row=number, cells=cells)
         try:
-            if "__error__" in cells:
-                raise RequestError(f"The row has {cells['__error__']}.", key="batch_row_cells",
-                                   detail=cells["__error__"])
+            if "__cells__" in cells:
+                raise RequestError(f"The row has {cells['__cells__']} cells for {cells['__columns__']} columns.",
+                                   key="batch_row_cells", cells=cells["__cells__"], columns=cells["__columns__"])
             row.request = build_request(task, _row_values(task, defaults, cells, settings.demo), settings)
         except RequestError as error:
             row.error = error
