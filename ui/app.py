@@ -5,6 +5,7 @@ from __future__ import annotations
 import gradio as gr
 
 from .asr_tab import build_asr_tab
+from .batch_tab import build_batch_tab
 from .i18n import LANGUAGES, STRINGS, Translator, normalise_language, t
 from .i2v_tab import build_i2v_tab
 from .live_panel import build_live_panel, status_strip
@@ -78,6 +79,8 @@ def build_demo(worker, settings, controller, log_buffer=None) -> gr.Blocks:
                 language_hooks += build_i2v_tab(worker, settings, translator, lang_state)
             with translator.bind(gr.Tab("Speech to text", id="asr"), label="asr_tab"):
                 language_hooks += build_asr_tab(worker, settings, translator, lang_state)
+            with translator.bind(gr.Tab("Batch", id="batch"), label="batch_tab"):
+                language_hooks += build_batch_tab(worker, settings, translator, lang_state)
             with translator.bind(gr.Tab("System", id="system"), label="tab_system"):
                 describe, info = build_system_tab(worker, settings, controller, translator, lang_state)
         build_live_panel(worker, log_buffer, translator, lang_state, strip)

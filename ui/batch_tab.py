@@ -1,0 +1,286 @@
+"""The Batch tab: many rows (typed, or a TXT / CSV file), checked whole, queued as one job per row, followed live.
+
+Parsing, checking and queueing are ``pipelines/batch.py``'s (the command line's ``scripts/generate.py``
+uses the same code); this module only turns the page's settings into defaults and the rows and jobs
+into tables in the reader's language.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import urllib.parse
+from pathlib import Path
+
+import gradio as gr
+
+from pipelines import batch as batches
+from pipelines.i2v import presets_for as i2v_presets_for
+from pipelines.jobs import JobState, RequestError
+from pipelines.paths import inputs_dir
+from pipelines.registry import DEFAULT_MODEL, get_spec, models_for
+from pipelines.t2v import presets_for as t2v_presets_for
+
+from .i18n import Translator, error_text, request_language, t
+from .job_status import POLL_SECONDS, job_status
+
+KEPT_BATCHES = 50  # batches the tab remembers for its live tables and Stop all
+CHECK_TYPES = ["number", "str", "str", "str"]
+JOB_TYPES = ["number", "str", "str", "str", "markdown"]  # the output column is a link
+
+
+def _owner(request) -> str:
+    return getattr(request, "session_hash", "") or ""
+
+
+def task_choices(lang: str) -> list[tuple[str, str]]:
+    return [(t(lang, f"batch_task_{task}"), task) for task in ("t2v", "i2v", "asr")]
+
+
+def policy_choices(lang: str) -> list[tuple[str, str]]:
+    return [(t(lang, "batch_seed_fixed"), "fixed"), (t(lang, "batch_seed_random"), "random")]
+
+
+def preset_names(task: str, model_id: str, demo: bool) -> list[str]:
+    try:
+        spec = get_spec(model_id)
+    except ValueError:
+        return []
+    if task == "t2v" and spec.task == "t2v":
+        return [p.name for p in t2v_presets_for(spec, demo)]
+    if task == "i2v" and spec.task == "i2v":
+        return [p.name for p in i2v_presets_for(spec, demo)]
+    return []
+
+
+def default_preset(task: str, model_id: str, demo: bool) -> str:
+    names = preset_names(task, model_id, demo)
+    if not names:
+        return ""
+    wanted = get_spec(model_id).default_preset
+    return wanted if wanted in names else names[0]
+
+
+def _error(lang: str, error: RequestError) -> str:
+    return error_text(lang, error.key, dict(error.params), str(error))
+
+
+def _table(headers: list[str], rows: list[list]) -> dict:
+    return {"headers": headers, "data": rows}
+
+
+def check_table(lang: str, plan: batches.BatchPlan) -> dict:
+    rows = []
+    for row in plan.rows:
+        if row.ok:
+            what, settings = batches.describe_row(plan.task, row.request)
+            rows.append([row.row, what, settings, t(lang, "batch_row_ok")])
+        else:
+            rows.append([row.row, batches.row_label(plan.task, row.cells), "", "⚠ " + _error(lang, row.error)])
+    headers = [t(lang, f"batch_col_{name}") for name in ("row", "what", "settings", "check")]
+    return _table(headers, rows)
+
+
+def check_update(lang: str, plan: batches.BatchPlan):
+    return gr.update(value=check_table(lang, plan), datatype=CHECK_TYPES)
+
+
+def jobs_update(lang: str, run: batches.BatchRun, labels: list[str], worker):
+    return gr.update(value=jobs_table(lang, run, labels, worker), datatype=JOB_TYPES)
+
+
+def _link(path: str) -> str:
+    name = Path(path).name.replace("[", "(").replace("]", ")")
+    return f"[{name}](/gradio_api/file={urllib.parse.quote(str(Path(path).resolve()))})"
+
+
+def jobs_table(lang: str, run: batches.BatchRun, labels: list[str], worker) -> dict:
+    rows = []
+    for (row, job), label in zip(zip(run.rows, run.jobs), labels):
+        state = t(lang, f"batch_state_{job.state.value}")
+        progress, output = "", ""
+        if job.state == JobState.QUEUED:
+            progress = t(lang, "batch_place", position=worker.position(job))
+        elif job.state == JobState.RUNNING:
+            progress = job_status(lang, job, 0)
+        else:
+            outcome = batches.row_outcome(row, job)
+            if outcome.error:
+                progress = error_text(lang, outcome.error_key, outcome.error_params, outcome.error)
+            elif outcome.seconds is not None:
+                progress = f"{outcome.seconds:.1f} s"
+            output = _link(outcome.outputs[0]) if outcome.outputs else ""
+        rows.append([row, label, state, progress, output])
+    headers = [t(lang, f"batch_col_{name}") for name in ("row", "what", "state", "progress", "output")]
+    return _table(headers, rows)
+
+
+def build_batch_tab(worker, settings, translator: Translator, lang_state: gr.State) -> list:
+    """Build the tab; returns ``(fn, inputs, outputs)`` hooks to run after a language change."""
+    demo = settings.demo
+    runs: collections.OrderedDict[str, tuple[batches.BatchRun, list[str], str]] = collections.OrderedDict()
+    runs_lock = threading.Lock()
+    start_model = DEFAULT_MODEL["t2v"]
+
+    folder = str(inputs_dir(settings))
+    intro = gr.Markdown(t("en", "batch_intro", folder=folder))  # relabelled by the language hook (it has a value)
+    with gr.Row():
+        with gr.Column(scale=5):
+            task = translator.bind(gr.Radio(task_choices("en"), value="t2v", label="Task"), label="batch_task")
+            text = translator.bind(
+                gr.Textbox(label="Rows", lines=8, max_lines=20, placeholder=t("en", "batch_text_placeholder"),
+                           elem_id="batch-text"),
+                label="batch_text", placeholder="batch_text_placeholder",
+            )
+            upload = translator.bind(gr.File(label="File", file_types=[".txt", ".csv"], type="filepath"),
+                                     label="batch_file")
+            with gr.Row():
+                model = translator.bind(
+                    gr.Dropdown([(s.title, s.id) for s in models_for("t2v")], value=start_model, label="Model"),
+                    label="batch_model",
+                )
+                preset = translator.bind(
+                    gr.Dropdown(preset_names("t2v", start_model, demo), value=default_preset("t2v", start_model, demo),
+                                label="Preset", allow_custom_value=True),
+                    label="batch_preset",
+                )
+            with gr.Row():
+                seed = translator.bind(gr.Number(value=-1, precision=0, label="Seed"), label="batch_seed")
+                policy = translator.bind(gr.Radio(policy_choices("en"), value="fixed", label="Seeds"),
+                                         label="batch_seed_policy")
+            image = translator.bind(gr.Image(label="Image", type="filepath", visible=False, height=160),
+                                    label="batch_image")
+            with gr.Row():
+                check = translator.bind(gr.Button("Check", elem_id="batch-check"), value="batch_check")
+                queue = translator.bind(gr.Button("Queue all rows", variant="primary", elem_id="batch-queue"),
+                                        value="batch_queue")
+                stop = translator.bind(gr.Button("Stop all", variant="stop", elem_id="batch-stop"), value="batch_stop")
+        with gr.Column(scale=6):
+            status = gr.Markdown("", elem_id="batch-status")
+            table = gr.Dataframe(value=check_table("en", batches.BatchPlan(task="t2v", rows=[])), interactive=False,
+                                 wrap=True, elem_id="batch-table", datatype=CHECK_TYPES)
+            files = translator.bind(gr.File(label="Outputs", file_count="multiple", interactive=False),
+                                    label="batch_outputs")
+    batch_id = gr.State("")
+
+    # --- settings follow the task and model ------------------------------------------------------------
+
+    def on_task(task_name: str):
+        model_id = DEFAULT_MODEL.get(task_name, start_model)
+        names = preset_names(task_name, model_id, demo)
+        return (
+            gr.update(choices=[(s.title, s.id) for s in models_for(task_name)], value=model_id),
+            gr.update(choices=names, value=default_preset(task_name, model_id, demo), visible=bool(names)),
+            gr.update(visible=task_name != "asr"),
+            gr.update(visible=task_name != "asr"),
+            gr.update(visible=task_name == "i2v"),
+        )
+
+    def on_model(task_name: str, model_id: str):
+        names = preset_names(task_name, model_id, demo)
+        return gr.update(choices=names, value=default_preset(task_name, model_id, demo), visible=bool(names))
+
+    private = dict(api_visibility="private", show_progress="hidden")
+    task.input(on_task, [task], [model, preset, seed, policy, image], **private)
+    model.input(on_model, [task, model], [preset], **private)
+
+    # --- check and queue -------------------------------------------------------------------------------
+
+    def plan_for(task_name, rows_text, upload_path, model_id, preset_name, seed_value, seed_policy, image_path):
+        defaults: dict = {"model": model_id or DEFAULT_MODEL.get(task_name, "")}
+        if task_name != "asr":
+            defaults["preset"] = preset_name or ""
+            defaults["seed"] = -1 if seed_value in (None, "") else seed_value
+        if task_name == "i2v" and image_path:
+            defaults["image"] = image_path
+        name = ""
+        if upload_path:
+            rows_text, name = batches.read_batch_file(upload_path), Path(upload_path).name
+        return batches.read_batch(rows_text or "", task_name, settings, defaults=defaults,
+                                  seed_policy=seed_policy or "fixed", name=name)
+
+    def check_rows(task_name, rows_text, upload_path, model_id, preset_name, seed_value, seed_policy, image_path, lang,
+                   request: gr.Request):
+        """Parse and check every row; the table shows each row's settings, or its error."""
+        lang = request_language(lang, request)
+        try:
+            plan = plan_for(task_name, rows_text, upload_path, model_id, preset_name, seed_value, seed_policy,
+                            image_path)
+        except RequestError as error:
+            raise gr.Error(_error(lang, error))
+        bad = len(plan.errors)
+        message = (t(lang, "batch_checked_bad", bad=bad, count=len(plan.rows)) if bad
+                   else t(lang, "batch_checked_ok", count=len(plan.rows)))
+        return message, check_update(lang, plan)
+
+    inputs = [task, text, upload, model, preset, seed, policy, image, lang_state]
+    check.click(check_rows, inputs, [status, table], api_name="batch_check", show_progress="minimal")
+
+    def remember(run: batches.BatchRun, labels: list[str], owner: str) -> None:
+        with runs_lock:
+            runs[run.id] = (run, labels, owner)
+            while len(runs) > KEPT_BATCHES:
+                runs.popitem(last=False)
+
+    def progress_line(lang: str, run: batches.BatchRun) -> str:
+        counts = run.counts()
+        finished = counts["done"] + counts["failed"] + counts["cancelled"]
+        if run.finished:
+            ok = sum(1 for outcome in run.outcomes() if outcome.ok)
+            return t(lang, "batch_done", batch=run.id, ok=ok, count=len(run.jobs))
+        return t(lang, "batch_progress", batch=run.id, finished=finished, count=len(run.jobs),
+                 failed=counts["failed"] + counts["cancelled"])
+
+    def queue_rows(task_name, rows_text, upload_path, model_id, preset_name, seed_value, seed_policy, image_path, lang,
+                   request: gr.Request):
+        """Check every row, queue one job per row (all or none), then follow the jobs until all are finished."""
+        lang = request_language(lang, request)
+        try:
+            plan = plan_for(task_name, rows_text, upload_path, model_id, preset_name, seed_value, seed_policy,
+                            image_path)
+            if plan.errors:
+                yield t(lang, "batch_checked_bad", bad=len(plan.errors), count=len(plan.rows)), \
+                    check_update(lang, plan), "", None
+                raise batches.BatchError(plan.errors)
+            run = batches.submit_batch(worker, plan, owner=_owner(request))
+        except RequestError as error:
+            raise gr.Error(_error(lang, error))
+        labels = [batches.describe_row(plan.task, row.request)[0] for row in plan.rows]
+        remember(run, labels, _owner(request))
+        yield progress_line(lang, run), jobs_update(lang, run, labels, worker), run.id, None
+        while not run.wait(POLL_SECONDS * 4):
+            yield progress_line(lang, run), jobs_update(lang, run, labels, worker), gr.skip(), gr.skip()
+        outputs = [path for outcome in run.outcomes() for path in outcome.outputs]
+        yield progress_line(lang, run), jobs_update(lang, run, labels, worker), run.id, outputs or None
+
+    queue.click(
+        queue_rows, inputs, [status, table, batch_id, files],
+        api_name="batch_queue",
+        concurrency_limit=32,  # handlers only wait on the GPU worker's own queue, which runs one job at a time
+        concurrency_id="batch-wait",
+        show_progress="minimal",
+    )
+
+    def stop_all(current_batch: str, lang: str, request: gr.Request) -> str:
+        """Stop every job of the page's batch: queued ones at once, the running one at its next step."""
+        lang = request_language(lang, request)
+        with runs_lock:
+            entry = runs.get(current_batch or "")
+        if entry is None or (entry[2] and entry[2] != _owner(request)):
+            return t(lang, "batch_none")
+        run = entry[0]
+        return t(lang, "batch_stopped", batch=run.id, count=run.cancel(worker))
+
+    stop.click(stop_all, [batch_id, lang_state], [status], api_name="batch_cancel", queue=False)
+
+    def relabel(lang: str, task_name: str, policy_value: str, current_batch: str):
+        with runs_lock:
+            entry = runs.get(current_batch or "")
+        return (
+            gr.update(choices=task_choices(lang), value=task_name),
+            gr.update(choices=policy_choices(lang), value=policy_value),
+            jobs_update(lang, entry[0], entry[1], worker) if entry else gr.skip(),
+            t(lang, "batch_intro", folder=folder),
+        )
+
+    return [(relabel, [lang_state, task, policy, batch_id], [task, policy, table, intro])]
