@@ -27,6 +27,12 @@ from pipelines.settings import (
 
 APP_DIR = Path(__file__).resolve().parent
 logger = logging.getLogger("cinescribe")
+# Largest upload: 2 GB holds a 3-hour WAV at 44.1 kHz stereo (1.9 GB; 3 h is the longest file speech to text
+# takes), any compressed audio of that length, and about half an hour of phone video (extract the sound with
+# ``ffmpeg -i in.mp4 -vn -c:a copy out.m4a`` for longer ones). Images stop at 40 megapixels, far below it.
+# Each upload is written to the data folder's tmp/ while it arrives, so the limit also bounds the disk one
+# request can fill.
+DEFAULT_MAX_UPLOAD_MB = 2048
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -38,6 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     net.add_argument("--share", action="store_true", help="also open a public gradio.live link (needs internet)")
     net.add_argument("--auth", help="require a login, user:password (several: user1:pw1,user2:pw2)")
     net.add_argument("--auth-file", type=Path, help="file of user:password lines")
+    net.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB, metavar="MB",
+                     help=f"largest file one upload may be, in MB (default {DEFAULT_MAX_UPLOAD_MB}; 0: no limit)")
     files = parser.add_argument_group("files")
     files.add_argument("--outputs", type=Path, default=APP_DIR / "outputs", help="where clips and transcripts go")
     files.add_argument("--data-dir", type=Path, default=APP_DIR / "data", help="logs, demo models, temporary uploads")
@@ -93,6 +101,27 @@ def read_auth(auth: str | None, auth_file: Path | None) -> list[tuple[str, str]]
     return pairs or None
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def open_access_warning(host: str, share: bool, auth: bool) -> list[str]:
+    """The banner for the log when others can reach the page without a password (empty when they cannot)."""
+    if auth or (host in LOOPBACK_HOSTS and not share):
+        return []
+    who = []
+    if share:
+        who.append("ANYONE ON THE INTERNET who has the gradio.live link (--share)")
+    if host not in LOOPBACK_HOSTS:
+        who.append(f"every machine that can reach this one (bound to {host}{', --listen' if host == '0.0.0.0' else ''})")
+    return [
+        "!" * 100,
+        "!!  WARNING: NO PASSWORD. The page and its API are open to " + " and ".join(who) + ".",
+        "!!  They can run jobs, download every output, release VRAM and restart the app.",
+        "!!  Start with --auth user:password (or --auth-file FILE) to require a login.",
+        "!" * 100,
+    ]
+
+
 class AppController:
     """How the page asks the main thread to restart the app."""
 
@@ -126,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     auth = read_auth(args.auth, args.auth_file)
+    if not 0 <= args.max_upload_mb < float("inf"):
+        print(f"error: --max-upload-mb must be 0 (no limit) or more, not {args.max_upload_mb:g}.", file=sys.stderr)
+        return 2
     _prepare_environment(settings)
 
     from pipelines.logbuffer import install
@@ -141,15 +173,16 @@ def main(argv: list[str] | None = None) -> int:
     from ui.app import build_demo, launch_options
 
     host = "0.0.0.0" if args.listen else args.host
-    if (args.listen or args.share or host not in ("127.0.0.1", "localhost")) and not auth:
-        logger.warning("!" * 72)
-        logger.warning("The page is reachable from other machines WITHOUT a password. Use --auth user:password.")
-        logger.warning("!" * 72)
+    for line in open_access_warning(host, args.share, bool(auth)):
+        logger.warning(line)
     if settings.demo:
         logger.info("Demo mode: tiny random models, clips are noise.")
 
+    from pipelines.outputs import sweep_partials
     from pipelines.store import JobStore
 
+    if swept := sweep_partials(settings.outputs_dir):
+        logger.info("Removed %d unfinished file(s) left by an earlier crash", swept)
     worker = GPUWorker(settings, store=JobStore(settings.jobs_db))
     worker.start()
     if settings.preload:
@@ -162,10 +195,9 @@ def main(argv: list[str] | None = None) -> int:
             server_name=host,
             server_port=args.port,
             share=args.share,
-            auth=auth,
             prevent_thread_lock=True,
             quiet=True,
-            **launch_options(settings),
+            **launch_options(settings, auth=auth, max_upload_mb=args.max_upload_mb),
         )
     except OSError as error:
         logger.error("Could not start the server on %s:%s (%s). Is the port taken? Try --port %d.",

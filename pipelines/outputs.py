@@ -88,3 +88,16 @@ def write_json_atomic(wanted: Path, data: dict) -> Path:
 
 def sidecar_path(output: Path) -> Path:
     return Path(output).with_suffix(".json")
+
+
+def sweep_partials(outputs_dir: Path) -> int:
+    """Delete temporary files a crash left behind (``.<name>.partial`` never looks like a finished file,
+    but it takes space); returns how many. Run at start, before any job writes."""
+    removed = 0
+    for temp in Path(outputs_dir).rglob(".*.partial*"):
+        try:
+            temp.unlink()
+            removed += 1
+        except OSError:
+            pass
+    return removed
