@@ -439,7 +439,7 @@ def row_outcome(row: int, job: Job) -> RowOutcome:
     elif job.state == JobState.FAILED:
         outcome.error, outcome.error_key, outcome.error_params = job.error, job.error_key, dict(job.error_params)
     elif job.state == JobState.CANCELLED:
-        outcome.error, outcome.error_key = job.error or "Stopped.", "batch_cancelled"
+        outcome.error, outcome.error_key = job.error or "Stopped before it finished.", "batch_cancelled"
     return outcome
 
 
