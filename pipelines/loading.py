@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import memory_levels
 from .attention import apply_backend
 from .jobs import RequestError
 from .registry import ModelSpec
@@ -31,6 +32,9 @@ class LoadedModel:
     attention: str
     device: str
     dtype: str
+    level: str = "resident"  # memory level (pipelines/memory_levels.py); Whisper: always resident
+    level_why: str = ""
+    optimisations: dict = field(default_factory=dict)  # what the fast path did at load (pipelines/fastpath.py)
 
 
 def fetch_command(spec: ModelSpec) -> str:
@@ -80,42 +84,66 @@ def parameter_bytes(pipe) -> int:
     return total
 
 
-def _place(pipe, settings: Settings, device: str) -> None:
-    """Put the pipeline on the device, whole or with the chosen offload."""
-    offload = settings.offload if device.startswith("cuda") else "none"
-    if settings.offload != "none" and offload == "none":
-        logger.info("Offload %r needs a CUDA GPU; keeping the model in CPU memory.", settings.offload)
-    if offload == "model":
-        pipe.enable_model_cpu_offload(device=device)
-    elif offload == "sequential":
-        pipe.enable_sequential_cpu_offload(device=device)
-    elif offload == "group":
-        import torch
+def _choose_level(spec: ModelSpec, pipe, settings: Settings, device: str) -> tuple[str, str]:
+    """The memory level to place ``pipe`` at: the flags' choice, or (``auto``) the fastest whose estimated
+    need for the model's default preset fits the free VRAM measured now; never above the floor an
+    out-of-memory retry left for this model."""
+    requested = memory_levels.requested_level(settings)
+    floor = memory_levels.loading_floor()
+    if not device.startswith("cuda"):
+        if requested not in ("auto", "resident"):
+            logger.info("Memory level %s needs a CUDA GPU; keeping the model in CPU memory.", requested)
+        level = memory_levels.lowest(floor, "resident" if requested == "auto" else requested)
+        return level, "on the CPU nothing is offloaded" + (f" (out-of-memory floor {floor})" if floor else "")
+    if requested != "auto":
+        level = memory_levels.lowest(requested, floor)
+        return level, f"asked for ({requested})" + (f", lowered to {level} after running out of memory" if level != requested else "")
+    import torch
 
-        for name, component in pipe.components.items():
-            if not isinstance(component, torch.nn.Module):
-                continue
-            if hasattr(component, "enable_group_offload"):
-                component.enable_group_offload(
-                    onload_device=torch.device(device), offload_type="leaf_level", use_stream=True
-                )
-            else:
-                component.to(device)
-    else:
-        pipe.to(device)
+    sizes = memory_levels.component_bytes(pipe)
+    on_device = sum(
+        sum(t.numel() * t.element_size() for t in [*c.parameters(), *c.buffers()] if t.device.type == "cuda")
+        for c in pipe.components.values() if isinstance(c, torch.nn.Module)
+    )
+    others = max(0, torch.cuda.memory_allocated(device) - on_device)
+    cap = int(settings.gpu_memory_gb * 2**30) if settings.gpu_memory_gb else None
+    available = memory_levels.available_bytes(device, cap, others) + on_device
+    preset = next((p for p in spec.presets if p.name == spec.default_preset), spec.presets[0] if spec.presets else None)
+    shape = _preset_shape(spec, preset)
+    needs = memory_levels.needs_by_level(sizes, pipe, shape, settings.batch_guidance != "off")
+    level, why = memory_levels.choose_level(needs, available, floor)
+    return level, f"auto: {why} (for {shape.frames} frames at {shape.width}x{shape.height})"
+
+
+def _preset_shape(spec: ModelSpec, preset) -> memory_levels.JobShape:
+    from .registry import I2V_MAX_AREA, frame_size
+
+    if preset is None:
+        return memory_levels.JobShape(81, 480, 832)
+    try:
+        width, height = frame_size(preset.resolution, "16:9", spec.extra.get("size_multiple", 16))
+    except (ValueError, KeyError):
+        area = I2V_MAX_AREA.get(preset.resolution, 832 * 480)
+        width = height = int(area ** 0.5)
+    return memory_levels.JobShape(preset.frames, height, width, guidance=preset.guidance > 1.0)
 
 
 def load_video_pipeline(spec: ModelSpec, settings: Settings, device: str, dtype: str) -> LoadedModel:
-    """Load a diffusers video pipeline the way users expect (``from_pretrained``), ready to run."""
+    """Load a diffusers video pipeline the way users expect (``from_pretrained``), then place it at its
+    memory level and apply the fast path (``pipelines.fastpath``): attention kernel, fused projections,
+    compilation, fp8 storage when asked."""
     import diffusers
     import torch
 
+    from . import fastpath
+
     started = time.perf_counter()
+    memory_levels.apply_memory_cap(settings, device)
     if settings.random_weights:
         from .random_weights import build_random_pipeline
 
         folder, revision = "random weights", "random weights (real architecture)"
-        build_on = device if settings.offload == "none" else "cpu"
+        build_on = device if _builds_on_device(spec, settings, device) else "cpu"
         fp32 = spec.extra.get("fp32_components", ("vae",))  # as from_pretrained below
         pipe = build_random_pipeline(spec.id, build_on, _torch_dtype(dtype), fp32_components=fp32)
     else:
@@ -132,24 +160,46 @@ def load_video_pipeline(spec: ModelSpec, settings: Settings, device: str, dtype:
         pipe.load_lora_weights(spec.lora_repo_id, weight_name=spec.lora_weight_name, local_files_only=True)
         pipe.fuse_lora()
         pipe.unload_lora_weights()
-    _place(pipe, settings, device)
+    fp8 = bool(getattr(settings, "fp8", False)) and fastpath.enable_fp8(pipe, device)
+    level, why = _choose_level(spec, pipe, settings, device)
+    memory_levels.place_at(pipe, level, device)
     if settings.vae_tiling and hasattr(pipe.vae, "enable_tiling"):
         pipe.vae.enable_tiling()
     attention = apply_backend(pipe, settings.attention, device)
     pipe.set_progress_bar_config(disable=True)
-    seconds = time.perf_counter() - started
-    logger.info("Loaded %s from %s in %.1f s (%s, %s, attention %s)", spec.title, folder, seconds, device, dtype, attention)
-    return LoadedModel(
+    model = LoadedModel(
         spec=spec,
         pipe=pipe,
         source=str(folder),
         revision=revision,
         n_bytes=parameter_bytes(pipe),
-        load_seconds=seconds,
+        load_seconds=0.0,
         attention=attention,
         device=device,
         dtype=dtype,
+        level=level,
+        level_why=why,
+        optimisations={"fp8": fp8},
     )
+    fastpath.setup(model, settings, device)
+    model.load_seconds = time.perf_counter() - started
+    logger.info("Loaded %s from %s in %.1f s (%s, %s, attention %s, memory level %s: %s; fused QKV %s, compile %s%s)",
+                spec.title, folder, model.load_seconds, device, dtype, attention, level, why,
+                "on" if model.optimisations.get("fused_qkv") else "off",
+                "on" if model.optimisations.get("compile") else "off", ", fp8 weights" if fp8 else "")
+    return model
+
+
+def _builds_on_device(spec: ModelSpec, settings: Settings, device: str) -> bool:
+    """Random weights are created where they will run when the whole model will be resident."""
+    requested = memory_levels.requested_level(settings)
+    floor = memory_levels.loading_floor()
+    if floor not in (None, "resident") or requested not in ("auto", "resident", "text_offload", "vae_tiling"):
+        return False
+    if requested == "auto" and device.startswith("cuda"):
+        cap = int(settings.gpu_memory_gb * 2**30) if settings.gpu_memory_gb else None
+        return spec.vram_gb * 2**30 + memory_levels.RESERVE_BYTES < memory_levels.available_bytes(device, cap)
+    return True
 
 
 def load_model(spec: ModelSpec, settings: Settings, device: str, dtype: str) -> LoadedModel:

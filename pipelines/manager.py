@@ -1,4 +1,9 @@
-"""Resident models: load once, keep warm between jobs, evict least recently used under a memory budget."""
+"""Resident models: load once, keep warm between jobs, evict least recently used under a memory budget.
+
+It also keeps what belongs with the resident models: the prompt-embedding cache (``pipelines.prompt_cache``;
+entries go with their model) and each model's memory-level floor, the level an out-of-memory retry pushed
+it down to (``pipelines.memory_levels``): a model loaded again starts there, until **Release VRAM**.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +11,10 @@ import logging
 from collections import OrderedDict
 from collections.abc import Callable
 
+from . import memory_levels
 from .loading import LoadedModel
 from .memory import free_memory, gib, read_memory
+from .prompt_cache import PromptCache
 from .registry import ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -29,6 +36,8 @@ class ModelManager:
         self.budget_bytes = budget_bytes
         self._resident: OrderedDict[str, LoadedModel] = OrderedDict()  # least recently used first
         self.load_counts: dict[str, int] = {}
+        self.prompt_cache = PromptCache()
+        self.floors: dict[str, str] = {}  # model id -> lowest memory level an out-of-memory retry reached
 
     def get(self, spec: ModelSpec) -> tuple[LoadedModel, bool]:
         """The loaded model for ``spec`` and whether it had to be loaded now (False: it was resident)."""
@@ -36,7 +45,8 @@ class ModelManager:
             self._resident.move_to_end(spec.id)
             return self._resident[spec.id], False
         self._make_room(self._estimate(spec))
-        model = self._load(spec)
+        with memory_levels.loading_at(self.floors.get(spec.id)):
+            model = self._load(spec)
         self._resident[spec.id] = model
         self.load_counts[spec.id] = self.load_counts.get(spec.id, 0) + 1
         return model, True
@@ -55,16 +65,22 @@ class ModelManager:
             )
             self.evict(model_id)
 
+    def lower_floor(self, model_id: str, level: str) -> None:
+        """From now on (until a release) ``model_id`` runs at ``level`` or lower."""
+        self.floors[model_id] = memory_levels.lowest(self.floors.get(model_id), level)
+
     def resident_bytes(self) -> int:
         return sum(model.n_bytes for model in self._resident.values())
 
     def resident(self) -> list[dict]:
         return [
-            {"id": m.spec.id, "title": m.spec.title, "gib": gib(m.n_bytes), "attention": m.attention}
+            {"id": m.spec.id, "title": m.spec.title, "gib": gib(m.n_bytes), "attention": m.attention,
+             "memory_level": m.level}
             for m in self._resident.values()
         ]
 
     def evict(self, model_id: str) -> None:
+        self.prompt_cache.forget_model(model_id)
         model = self._resident.pop(model_id, None)
         if model is None:
             return
@@ -81,6 +97,8 @@ class ModelManager:
         dropped = list(self._resident)
         for model_id in dropped:
             self.evict(model_id)
+        self.prompt_cache.clear()
+        self.floors.clear()  # a fresh start: the next load chooses its level from the free memory again
         free_memory(self.device)
         after = read_memory(self.device)
         freed = max(0, before.process - after.process)

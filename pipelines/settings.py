@@ -12,9 +12,12 @@ LAUNCHER_ENV = "CINESCRIBE_LAUNCHER"
 
 DEVICES = ("auto", "cuda", "cpu")
 DTYPES = ("auto", "bf16", "fp16", "fp32")
-ATTENTION_BACKENDS = ("auto", "sdpa", "xformers", "flash", "sage")
+ATTENTION_BACKENDS = ("auto", "sdpa", "cudnn", "xformers", "flash", "sage")
 OFFLOAD_MODES = ("none", "model", "sequential", "group")
 TASKS = ("t2v", "i2v", "asr")
+# The fast path (pipelines/fastpath.py, pipelines/memory_levels.py).
+MEMORY_LEVELS = ("auto", "resident", "text_offload", "vae_tiling", "model_offload", "group_offload", "sequential_offload")
+BATCH_GUIDANCE = ("auto", "on", "off")
 
 
 @dataclass
@@ -32,6 +35,14 @@ class Settings:
     preload: tuple[str, ...] = ()
     demo: bool = False
     random_weights: bool = False  # benchmarks: real architectures, random weights (pipelines/random_weights.py)
+    # The fast path: see pipelines/fastpath.py and pipelines/memory_levels.py.
+    memory_level: str = "auto"  # --offload, when not none, takes precedence
+    compile: bool = False  # regional torch.compile of the transformer / UNet blocks
+    fuse_qkv: bool = True
+    batch_guidance: str = "auto"
+    prompt_cache: int = 8  # prompt embeddings kept for repeated prompts; 0 = off
+    fp8: bool = False  # fp8 weight storage (layer-wise casting): changes the output
+    asr_static_cache: bool = False  # Whisper sequential decoding with a static KV cache (compiled on CUDA)
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -42,12 +53,16 @@ class Settings:
             ("dtype", self.dtype, DTYPES),
             ("attention", self.attention, ATTENTION_BACKENDS),
             ("offload", self.offload, OFFLOAD_MODES),
+            ("memory_level", self.memory_level, MEMORY_LEVELS),
+            ("batch_guidance", self.batch_guidance, BATCH_GUIDANCE),
         ):
             if value not in allowed:
                 raise ValueError(f"`{name}` must be one of {', '.join(allowed)}, not {value!r}.")
         unknown = [task for task in self.preload if task not in TASKS]
         if unknown:
             raise ValueError(f"`preload` takes {', '.join(TASKS)}; unknown: {', '.join(unknown)}.")
+        if not isinstance(self.prompt_cache, int) or self.prompt_cache < 0:
+            raise ValueError(f"`prompt_cache` must be a whole number of entries (0 = off), not {self.prompt_cache!r}.")
         if self.gpu_memory_gb is not None and self.gpu_memory_gb <= 0:
             raise ValueError(f"`gpu_memory` must be a positive number of GB, not {self.gpu_memory_gb}.")
 

@@ -1,7 +1,10 @@
 """Text-to-video: validate a request, run diffusers' ``WanPipeline`` on a resident model, write the clips.
 
 ``run_t2v`` reads as the pipeline's stages: load (once, then resident), text encode, denoise (with a
-per-step callback for progress, previews and cancel), VAE decode, mp4 encode, sidecar.
+per-step callback for progress, previews and cancel), VAE decode, mp4 encode, sidecar. Around diffusers'
+own call sits the fast path (``pipelines.fastpath``: cached prompt embeddings, batched guidance, the
+opt-in step cache) and the out-of-memory ladder (``video.run_with_memory_ladder``): out of GPU memory,
+the clips not yet written are made again one memory level lower.
 """
 
 from __future__ import annotations
@@ -30,7 +33,11 @@ from .video import (
     PREVIEW_UPDATES,
     PREVIEW_UPSCALE,
     WAN_TEXT_TOKENS,
+    check_step_cache,
     decode_wan_latents,
+    encode_cached,
+    fast_path_record,
+    run_with_memory_ladder,
     set_flow_shift,
     video_sidecar,
 )
@@ -56,6 +63,7 @@ class T2VRequest:
     seed: int = -1
     fps: int = 16
     clips: int = 1
+    step_cache: float = 0.0  # first-block cache threshold (0 = off); changes the output
     width: int = 0  # filled by validation
     height: int = 0
     notes: list[str] = field(default_factory=list)
@@ -85,7 +93,7 @@ def validate_t2v(request: T2VRequest, demo: bool = False) -> T2VRequest:
         )
     negative = request.negative_prompt if isinstance(request.negative_prompt, str) else ""
     try:
-        spec = get_spec(request.model)
+        spec = get_spec(request.model if isinstance(request.model, str) else str(request.model))  # a list: no KeyError
     except ValueError as error:
         raise RequestError(str(error), key="model_unknown", model=str(request.model)) from None
     if spec.task != "t2v":
@@ -98,7 +106,7 @@ def validate_t2v(request: T2VRequest, demo: bool = False) -> T2VRequest:
     multiple = spec.extra.get("size_multiple", 16)
     try:
         width, height = frame_size(request.resolution, request.aspect, multiple)
-    except ValueError as error:
+    except (ValueError, TypeError) as error:
         raise RequestError(str(error), key="aspect", value=str(request.aspect)) from None
 
     fps = parse_number(request.fps, "Frames per second", int, 1, 60, "fps")
@@ -117,6 +125,7 @@ def validate_t2v(request: T2VRequest, demo: bool = False) -> T2VRequest:
     shift = parse_number(request.shift, "Flow shift", float, 0.1, 50.0, "shift")
     seed = parse_number(request.seed, "Seed", int, -1, 2**32 - 1, "seed")
     clips = parse_number(request.clips, "Number of clips", int, 1, MAX_CLIPS, "clips")
+    step_cache = check_step_cache(request.step_cache, spec)
     if seed == -1:
         seed = secrets.randbelow(2**31)
     return dataclasses.replace(
@@ -130,6 +139,7 @@ def validate_t2v(request: T2VRequest, demo: bool = False) -> T2VRequest:
         seed=seed,
         fps=fps,
         clips=clips,
+        step_cache=step_cache,
         width=width,
         height=height,
         notes=list(dict.fromkeys([*request.notes, *notes])),  # validating twice keeps them once
@@ -141,74 +151,104 @@ def validate_t2v(request: T2VRequest, demo: bool = False) -> T2VRequest:
 
 def run_t2v(job: Job, ctx) -> dict:
     """Run a validated ``T2VRequest``; returns the written clips and their sidecars."""
-    import torch
-
-    from .media import encode_comment, write_mp4
-    from .outputs import output_stem, sidecar_path, write_atomic, write_json_atomic
-    from .preview import latents_to_rgb
-
     request: T2VRequest = validate_t2v(job.request, demo=ctx.settings.demo)
     for text in request.notes:
         ctx.note(text)
     spec = get_spec(request.model)
+    clips: list[dict] = []  # kept across out-of-memory retries: a retry makes only the clips not yet written
+
+    def attempt(model, loaded_now, retries):
+        _make_clips(job, ctx, request, spec, model, loaded_now, retries, clips)
+
+    run_with_memory_ladder(ctx, job, spec, request, attempt)
+    return {"clips": clips, "notes": list(request.notes), "seed": request.seed}
+
+
+def _make_clips(job: Job, ctx, request: T2VRequest, spec: ModelSpec, model, loaded_now: bool, retries: list,
+                clips: list) -> None:
+    import torch
+
+    from . import fastpath
+    from .media import encode_comment, write_mp4
+    from .memory_levels import JobShape, maybe_inject_oom
+    from .outputs import output_stem, sidecar_path, write_atomic, write_json_atomic
+    from .preview import latents_to_rgb
 
     # 1. Model: resident after the first job.
-    model, loaded_now = ctx.model(spec)
     pipe = model.pipe
     if not loaded_now:
         logger.info("Job %s: %s already resident, not reloaded", job.id, spec.title)
     set_flow_shift(pipe, request.shift)
     use_guidance = request.guidance > 1.0
 
-    # 2. Text encoding, once for all clips.
-    with ctx.stage("text_encode"), torch.no_grad():
-        prompt_embeds, negative_embeds = pipe.encode_prompt(
-            prompt=request.prompt,
-            negative_prompt=request.negative_prompt,
-            do_classifier_free_guidance=use_guidance,
-            num_videos_per_prompt=1,
-            max_sequence_length=WAN_TEXT_TOKENS,
-        )
-    ctx.check_cancel()
+    # 2. Text encoding, once for all clips; a prompt seen before comes from the cache.
+    def encode():
+        with torch.no_grad():
+            positive, negative = pipe.encode_prompt(
+                prompt=request.prompt, negative_prompt=request.negative_prompt, do_classifier_free_guidance=use_guidance,
+                num_videos_per_prompt=1, max_sequence_length=WAN_TEXT_TOKENS, device=pipe._execution_device)
+        # in the transformer's dtype already, so the pipeline passes these very tensors on (batched guidance
+        # recognises the negative one by identity)
+        dtype = fastpath.denoisers(pipe)[0].dtype
+        return positive.to(dtype), negative.to(dtype) if negative is not None else None
 
-    clips = []
+    with ctx.stage("text_encode"):
+        maybe_inject_oom("text_encode")
+        (prompt_embeds, negative_embeds), cache_hit = encode_cached(
+            ctx, model, request.prompt, request.negative_prompt, use_guidance, WAN_TEXT_TOKENS, encode)
+    ctx.check_cancel()
+    preset = next((p for p in spec.presets if p.name == request.preset), None)
+    changes = fastpath.changes_output(request.step_cache, bool(spec.lora_repo_id or (preset and preset.changes_output)),
+                                      model.attention, bool(model.optimisations.get("fp8")))
+
     preview_every = max(1, request.steps // PREVIEW_UPDATES)
-    for index in range(request.clips):
+    for index in range(len(clips), request.clips):
         seed = (request.seed + index) % 2**32
         clip_timings: dict[str, float] = {}
         clock = ctx.start_steps(request.steps, clip=index + 1, clips=request.clips)
 
-        def on_step(pipeline, step, timestep, tensors):
-            preview = None
-            if (step + 1) % preview_every == 0 or step + 1 == request.steps:
-                preview = latents_to_rgb(tensors["latents"][0].float().cpu().numpy(), upscale=PREVIEW_UPSCALE)
-            ctx.step(clock, preview=preview)
-            if job.cancelled:
-                pipeline._interrupt = True  # diffusers' contract: the loop stops at the next step
-            return {}
-
-        # 3. Denoising, with the step callback.
+        # 3. Denoising, with the step callback, inside the fast path.
         started = time.perf_counter()
-        with ctx.stage("denoise"):
-            latents = pipe(
-                prompt_embeds=prompt_embeds,
-                negative_prompt_embeds=negative_embeds if use_guidance else None,
-                height=request.height,
-                width=request.width,
-                num_frames=request.frames,
-                num_inference_steps=request.steps,
-                guidance_scale=request.guidance,
-                generator=torch.Generator("cpu").manual_seed(seed),
-                output_type="latent",
-                callback_on_step_end=on_step,
-                callback_on_step_end_tensor_inputs=["latents"],
-            ).frames
+        with ctx.stage("denoise"), fastpath.denoise_context(
+                model, ctx.settings, use_guidance, negative_embeds if use_guidance else None, request.step_cache) as info:
+            maybe_inject_oom("denoise")
+            timer = info["timer"]
+
+            def on_step(pipeline, step, timestep, tensors):
+                timer.tick()
+                preview = None
+                if (step + 1) % preview_every == 0 or step + 1 == request.steps:
+                    preview = latents_to_rgb(tensors["latents"][0].float().cpu().numpy(), upscale=PREVIEW_UPSCALE)
+                ctx.step(clock, preview=preview)
+                if job.cancelled:
+                    pipeline._interrupt = True  # diffusers' contract: the loop stops at the next step
+                return {}
+
+            def denoise():
+                return pipe(
+                    prompt_embeds=prompt_embeds,
+                    negative_prompt_embeds=negative_embeds if use_guidance else None,
+                    height=request.height,
+                    width=request.width,
+                    num_frames=request.frames,
+                    num_inference_steps=request.steps,
+                    guidance_scale=request.guidance,
+                    generator=torch.Generator("cpu").manual_seed(seed),
+                    output_type="latent",
+                    callback_on_step_end=on_step,
+                    callback_on_step_end_tensor_inputs=["latents"],
+                ).frames
+
+            latents = fastpath.with_compile_fallback(model, denoise)
         clip_timings["denoise"] = time.perf_counter() - started
         ctx.check_cancel()
 
-        # 4. VAE decode.
+        # 4. VAE decode: whole, or in tiles when it would not fit.
+        shape = JobShape(request.frames, request.height, request.width, use_guidance)
+        tiled, tiled_why = fastpath.decode_should_tile(pipe, model.level, shape, ctx.settings, ctx.device)
         started = time.perf_counter()
-        with ctx.stage("decode"):
+        with ctx.stage("decode"), fastpath.vae_tiles(pipe, tiled):
+            maybe_inject_oom("decode")
             frames = decode_wan_latents(pipe, latents)
         del latents
         clip_timings["decode"] = time.perf_counter() - started
@@ -230,6 +270,7 @@ def run_t2v(job: Job, ctx) -> dict:
             "shift": request.shift,
             "seed": seed,
             "fps": request.fps,
+            "step_cache": request.step_cache,
         }
         started = time.perf_counter()
         with ctx.stage("encode"):
@@ -238,8 +279,10 @@ def run_t2v(job: Job, ctx) -> dict:
                 stem.with_suffix(".mp4"), lambda temp: write_mp4(frames, temp, request.fps, comment=encode_comment(settings))
             )
         clip_timings["encode"] = time.perf_counter() - started
-        sidecar = video_sidecar("t2v", job, ctx, request, spec, model, loaded_now, settings, clip_timings, video_path, frames.shape)
+        fast = fast_path_record(model, retries, {**info, "prompt_cache_hit": cache_hit, "vae_tiled": tiled,
+                                                 "vae_tiled_why": tiled_why}, changes)
+        sidecar = video_sidecar("t2v", job, ctx, request, spec, model, loaded_now, settings, clip_timings, video_path,
+                                frames.shape, fast=fast)
         sidecar_file = write_json_atomic(sidecar_path(video_path), sidecar)
         logger.info("Job %s: wrote %s", job.id, video_path)
         clips.append({"video": str(video_path), "sidecar": str(sidecar_file), "seed": seed})
-    return {"clips": clips, "notes": list(request.notes), "seed": request.seed}

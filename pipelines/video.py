@@ -1,9 +1,15 @@
-"""What the video tasks (text-to-video, image-to-video) share: Wan's defaults, latent decoding, the sidecar."""
+"""What the video tasks (text-to-video, image-to-video) share: Wan's defaults, latent decoding, the sidecar,
+cached prompt encoding and the out-of-memory ladder (``run_with_memory_ladder``)."""
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from pathlib import Path
+
+from .jobs import RequestError
+
+logger = logging.getLogger(__name__)
 
 # Wan's own negative prompt (from its reference code), which the model was tuned with.
 DEFAULT_NEGATIVE_PROMPT = (
@@ -16,6 +22,7 @@ MAX_CLIPS = 16
 PREVIEW_UPDATES = 10  # about this many previews per clip
 PREVIEW_UPSCALE = 2  # a 480p clip previews as a 2x2 grid of 208x120 frames
 WAN_TEXT_TOKENS = 512  # the prompt length WanPipeline.__call__ and Wan's reference code use
+MAX_STEP_CACHE = 1.0  # the step cache's threshold: 0 (off) to this
 
 
 def set_flow_shift(pipe, shift: float) -> None:
@@ -41,7 +48,113 @@ def decode_wan_latents(pipe, latents):
     return (np.clip(frames, 0.0, 1.0) * 255).round().astype(np.uint8)
 
 
-def video_sidecar(task: str, job, ctx, request, spec, model, loaded_now, settings, clip_timings, video_path: Path, shape) -> dict:
+def check_step_cache(value, spec) -> float:
+    """The request's step-cache threshold (0 = off), checked: a number in [0, 1], and only for Wan."""
+    from .jobs import parse_number
+
+    threshold = parse_number(value if value not in (None, "") else 0, "Step cache threshold", float, 0.0,
+                             MAX_STEP_CACHE, "step_cache")
+    if threshold and spec.extra.get("family", "wan") != "wan":
+        raise RequestError(f"The step cache works with Wan models; {spec.title} has no transformer blocks to skip. "
+                           "Set it to 0.", key="step_cache_unsupported", model=spec.title)
+    return threshold
+
+
+def encode_cached(ctx, model, prompt: str, negative: str | None, guidance: bool, max_length: int, encode):
+    """``encode()`` (-> positive, negative embeddings) through the prompt cache of the resident models; at the
+    memory levels that keep the text encoder in CPU memory, it comes to the GPU for a miss only.
+    Returns ``(embeddings, hit)``."""
+    from .memory_levels import text_encoder_on
+
+    cache = ctx.worker.models.prompt_cache
+    cache.entries = ctx.settings.prompt_cache
+    key = cache.key(model.spec.id, prompt, negative, max_length, model.dtype, ctx.device, guidance)
+
+    def run():
+        with text_encoder_on(model.pipe, ctx.device, model.level):
+            return encode()
+
+    return cache.get_or_encode(key, run)
+
+
+def oom_advice(spec, request) -> str:
+    return (f"Out of GPU memory even at the lowest memory level (sequential offload, VAE decoded in tiles) for "
+            f"{spec.title}, {request.frames} frames at {request.width} x {request.height}. Use fewer frames or a "
+            "lower resolution, a smaller model, or close other programs using the GPU (nvidia-smi lists them); "
+            "Release VRAM drops models kept from earlier jobs.")
+
+
+def run_with_memory_ladder(ctx, job, spec, request, attempt):
+    """``attempt(model, loaded_now, retries)`` runs what is left of the job on the resident model. On CUDA
+    out-of-memory, memory is freed, the model goes one level down the ladder (``pipelines.memory_levels``;
+    the level stays until Release VRAM) and ``attempt`` runs again; each retry is logged, noted in the job
+    and kept in ``retries`` for the sidecar. At the lowest level the model is released and the job fails
+    with ``RequestError(key="oom_lowest_level")`` and advice that can help."""
+    from . import fastpath
+    from .memory import free_memory, is_out_of_memory
+    from .memory_levels import ReloadNeeded, next_level
+
+    manager = ctx.worker.models
+    retries: list[dict] = []
+    while True:
+        model = None
+        try:
+            model, loaded_now = ctx.model(spec)
+            return attempt(model, loaded_now, retries)
+        except Exception as error:
+            if not is_out_of_memory(error):
+                raise
+            message = f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}"
+            stage = job.progress.stage
+        # outside the except block: the failed attempt's frames and tensors are no longer referenced
+        level = model.level if model is not None else manager.floors.get(spec.id, "resident")
+        lower = next_level(level)
+        retries.append({"stage": stage, "level": level, "error": message, "next_level": lower})
+        free_memory(ctx.device)
+        if lower is None:
+            logger.error("Job %s: out of memory at %s even at the lowest memory level (%s); giving up.", job.id, stage, level)
+            model = None
+            manager.evict(spec.id)
+            raise RequestError(oom_advice(spec, request), key="oom_lowest_level", model=spec.title,
+                               frames=request.frames, width=request.width, height=request.height)
+        ctx.note(f"Out of GPU memory at {stage} (memory level {level}); retrying at {lower}.")
+        logger.warning("Job %s: %s at %s, level %s -> retrying at level %s", job.id, message, stage, level, lower)
+        manager.lower_floor(spec.id, lower)
+        if model is None:  # it ran out while loading: load again, lower
+            manager.evict(spec.id)
+            continue
+        try:
+            fastpath.set_level(model, lower, ctx.settings, ctx.device)
+            model.level_why = f"lowered after running out of memory at {stage}"
+        except ReloadNeeded:
+            model = None
+            manager.evict(spec.id)  # loaded again at the floor by the next ``ctx.model``
+        except Exception as error:  # moving it failed half-way: start clean from the floor
+            logger.warning("Job %s: moving %s to %s failed (%s); reloading it.", job.id, spec.title, lower,
+                           type(error).__name__)
+            model = None
+            manager.evict(spec.id)
+        free_memory(ctx.device)
+
+
+def fast_path_record(model, retries: list[dict], denoise_info: dict, changes: list[str]) -> dict:
+    """The sidecar's ``fast_path`` section: what ran, what it did, and what changes the output."""
+    record = {
+        "memory_level": model.level,
+        "memory_level_why": model.level_why,
+        "out_of_memory_retries": list(retries),
+        "attention": model.attention,
+        "fused_qkv": bool(model.optimisations.get("fused_qkv")),
+        "compile": model.optimisations.get("compile"),
+        "fp8_weights": bool(model.optimisations.get("fp8")),
+        **denoise_info,
+        "changes_output": changes,
+    }
+    return record
+
+
+def video_sidecar(task: str, job, ctx, request, spec, model, loaded_now, settings, clip_timings, video_path: Path, shape,
+                  fast: dict | None = None) -> dict:
     timings = {
         "load": round(ctx.timings.get("load", 0.0), 3) if loaded_now else 0.0,
         "text_encode": round(ctx.timings.get("text_encode", 0.0), 3),
@@ -71,5 +184,7 @@ def video_sidecar(task: str, job, ctx, request, spec, model, loaded_now, setting
         "timings_s": timings,
         "peak_memory_gib": round(ctx.peak.peak / 2**30, 3),
         "peak_memory_kind": "torch allocator (VRAM)" if ctx.device.startswith("cuda") else "process RSS (CPU)",
+        "fast_path": fast or {},
+        "memory_level": model.level,
         "notes": list(request.notes),
     }
