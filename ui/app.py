@@ -7,6 +7,7 @@ import gradio as gr
 from .asr_tab import build_asr_tab
 from .batch_tab import build_batch_tab
 from .i18n import LANGUAGES, STRINGS, Translator, normalise_language, t
+from .history_tab import build_history_tab
 from .i2v_tab import build_i2v_tab
 from .live_panel import build_live_panel, status_strip
 from .system_tab import build_system_tab
@@ -72,15 +73,18 @@ def build_demo(worker, settings, controller, log_buffer=None) -> gr.Blocks:
         if settings.demo:
             translator.bind(gr.Markdown(t("en", "demo_banner"), elem_id="cs-demo-banner"), value="demo_banner")
         strip = gr.HTML(status_strip("en", worker.status()))
-        with gr.Tabs():
+        forms: dict = {}  # task -> {request field: component}, for the History tab's "Reuse settings"
+        with gr.Tabs() as tabs:
             with translator.bind(gr.Tab("Text to video", id="t2v"), label="tab_t2v"):
-                language_hooks = build_t2v_tab(worker, settings, translator, lang_state)
+                language_hooks = build_t2v_tab(worker, settings, translator, lang_state, forms)
             with translator.bind(gr.Tab("Image to video", id="i2v"), label="i2v_tab"):
-                language_hooks += build_i2v_tab(worker, settings, translator, lang_state)
+                language_hooks += build_i2v_tab(worker, settings, translator, lang_state, forms)
             with translator.bind(gr.Tab("Speech to text", id="asr"), label="asr_tab"):
-                language_hooks += build_asr_tab(worker, settings, translator, lang_state)
+                language_hooks += build_asr_tab(worker, settings, translator, lang_state, forms)
             with translator.bind(gr.Tab("Batch", id="batch"), label="batch_tab"):
                 language_hooks += build_batch_tab(worker, settings, translator, lang_state)
+            with translator.bind(gr.Tab("History", id="history"), label="history_tab") as history_tab:
+                build_history_tab(worker, settings, translator, lang_state, forms, tabs, history_tab)
             with translator.bind(gr.Tab("System", id="system"), label="tab_system"):
                 describe, info = build_system_tab(worker, settings, controller, translator, lang_state)
         build_live_panel(worker, log_buffer, translator, lang_state, strip)
@@ -107,15 +111,32 @@ def build_demo(worker, settings, controller, log_buffer=None) -> gr.Blocks:
     return demo
 
 
-def launch_options(settings) -> dict:
-    """Keyword arguments for ``demo.launch`` that keep the page offline and the file access narrow."""
-    return {
+def launch_options(settings, auth: list[tuple[str, str]] | None = None, max_upload_mb: float | None = None) -> dict:
+    """Keyword arguments for ``demo.launch`` that keep the page offline and the file access narrow.
+
+    ``auth`` (``user, password`` pairs) requires a login for the page and every route of the server
+    (``ui.identity.LoginRequired`` closes the few Gradio leaves open); ``max_upload_mb`` caps each
+    uploaded file (Gradio refuses a larger one with HTTP 413 while it streams in; None or 0: no cap).
+    Errors of any kind reach the caller with their message (``show_error``): a refused file path says
+    why instead of an empty error.
+    """
+    options = {
         "theme": offline_theme(),
         "css": CSS,
         "allowed_paths": [str(settings.outputs_dir.resolve())],
         "footer_links": ["api", "settings"],
         "js": FOLLOW_LOG_JS,
+        "show_error": True,
+        "max_file_size": int(max_upload_mb * 2**20) if max_upload_mb else None,
     }
+    if auth:
+        from starlette.middleware import Middleware
+
+        from .identity import LoginRequired
+
+        options["auth"] = auth
+        options["app_kwargs"] = {"middleware": [Middleware(LoginRequired)]}
+    return options
 
 
 __all__ = ["build_demo", "launch_options", "STRINGS"]

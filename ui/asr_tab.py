@@ -18,10 +18,12 @@ from pipelines.asr import (
     validate_asr,
 )
 from pipelines.jobs import JobState, RequestError
+from pipelines.paths import user_file
 from pipelines.registry import DEFAULT_MODEL, get_spec, models_for
 
 from .i18n import Translator, error_text, request_language, t
 from .i18n import model_note as catalogue_note
+from .identity import cancel_own_job, owner_of
 from .job_status import follow_job
 
 
@@ -88,7 +90,7 @@ def _transcript(files: list[dict]) -> str:
     return "\n\n".join(f"=== {entry['name']} ===\n{entry['transcript']}" for entry in done)
 
 
-def build_asr_tab(worker, settings, translator: Translator, lang_state: gr.State) -> list:
+def build_asr_tab(worker, settings, translator: Translator, lang_state: gr.State, forms: dict | None = None) -> list:
     """Build the tab; returns ``(fn, inputs, outputs)`` hooks to run after a language change."""
     demo = settings.demo
     specs = models_for("asr")
@@ -188,6 +190,11 @@ def build_asr_tab(worker, settings, translator: Translator, lang_state: gr.State
             max_cue_seconds, max_new_tokens, lang, request: gr.Request):
         """Transcribe audio or video files (and/or a microphone recording) to text and subtitles."""
         lang = request_language(lang, request)
+        try:  # no path from the API may leave the app's folders (Gradio already keeps them in its uploads)
+            files = [user_file(f, settings, "audio file") for f in (files if isinstance(files, list) else [files])]
+            microphone = user_file(microphone, settings, "recording")
+        except RequestError as error:
+            raise gr.Error(error_text(lang, error.key, error.params, str(error)))
         paths = [str(f) for f in (files or []) if f]
         names = [Path(p).name for p in paths]
         if microphone:
@@ -201,7 +208,7 @@ def build_asr_tab(worker, settings, translator: Translator, lang_state: gr.State
         )
         try:
             asr_request = validate_asr(asr_request, demo=demo)  # fail fast, before the queue
-            job = worker.submit("asr", asr_request, owner=getattr(request, "session_hash", "") or "")
+            job = worker.submit("asr", asr_request, owner=owner_of(request))
         except RequestError as error:
             raise gr.Error(error_text(lang, error.key, error.params, str(error)))
         skip = gr.skip()
@@ -245,8 +252,11 @@ def build_asr_tab(worker, settings, translator: Translator, lang_state: gr.State
         show_progress="minimal",
     )
 
-    def cancel(current_job_id: str) -> bool:
-        return worker.cancel(current_job_id) if current_job_id else False
+    def cancel(current_job_id: str, request: gr.Request) -> bool:
+        try:
+            return cancel_own_job(worker, current_job_id, request)
+        except RequestError as error:
+            raise gr.Error(error_text(request_language("", request), error.key, error.params, str(error)))
 
     stop.click(cancel, [job_id], None, api_name="asr_cancel", queue=False)
 
@@ -255,6 +265,10 @@ def build_asr_tab(worker, settings, translator: Translator, lang_state: gr.State
                 gr.update(choices=task_choices(lang), value=task_value),
                 gr.update(choices=mode_choices(lang), value=mode_value))
 
+    if forms is not None:  # for the History tab's "Reuse settings": request field -> component
+        forms["asr"] = {"model": model, "language": language, "task": task, "mode": mode, "batch_size": batch,
+                        "word_timestamps": words, "max_line_chars": line_chars, "max_lines": lines,
+                        "max_cue_seconds": cue_seconds, "max_new_tokens": tokens}
     return [
         (note_for, note_inputs, [note]),
         (relabel_choices, [lang_state, language, task, mode], [language, task, mode]),

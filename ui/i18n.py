@@ -98,6 +98,9 @@ STRINGS: dict[str, dict[str, str]] = {
         "err_oom": "Out of GPU memory. Release VRAM frees models kept from earlier jobs; for video, try fewer "
         "frames or a lower resolution, or start with --offload model and --vae-tiling.",
         "err_restarting": "The app is restarting; try again in a moment.",
+        "err_path_invalid": "The path {value} is not a valid path.",
+        "err_path_outside": "{value} is outside the app's folders; put the file in {folder} or upload it.",
+        "err_not_your_job": "This job belongs to another user; you can only stop or look at your own jobs.",
         "doctor_run": "Run checks",
         "doctor_status": "Status",
         "doctor_check": "Check",
@@ -197,6 +200,9 @@ STRINGS: dict[str, dict[str, str]] = {
         "err_oom": "GPU 显存不足。“释放显存”可卸载之前任务留下的模型；视频任务可减少帧数或降低分辨率，"
         "或使用 --offload model 和 --vae-tiling 启动。",
         "err_restarting": "应用正在重启，请稍后再试。",
+        "err_path_invalid": "路径 {value} 无效。",
+        "err_path_outside": "{value} 不在本应用的文件夹内；请把文件放到 {folder}，或直接上传。",
+        "err_not_your_job": "这个任务属于其他用户；你只能停止或查看自己的任务。",
         "doctor_run": "运行检查",
         "doctor_status": "状态",
         "doctor_check": "检查项",
@@ -216,9 +222,9 @@ STRINGS: dict[str, dict[str, str]] = {
 
 def _add_tables() -> None:
     """Each tab may keep its texts in a module of its own (``ui/strings_<task>.py``); merge them in."""
-    from . import strings_asr, strings_batch, strings_i2v
+    from . import strings_asr, strings_batch, strings_history, strings_i2v
 
-    for table in (strings_i2v.STRINGS, strings_asr.STRINGS, strings_batch.STRINGS):
+    for table in (strings_i2v.STRINGS, strings_asr.STRINGS, strings_batch.STRINGS, strings_history.STRINGS):
         for lang, texts in table.items():
             clash = set(texts) & set(STRINGS[lang])
             if clash:
@@ -292,9 +298,10 @@ class Translator:
     """Remembers which component attribute shows which text key, to re-label the page on a switch."""
 
     def __init__(self) -> None:
-        self._bindings: list[tuple[Any, dict[str, str]]] = []
+        self._bindings: list[tuple[Any, dict[str, str | tuple[str, dict]]]] = []
 
-    def bind(self, component, **attribute_keys: str):
+    def bind(self, component, **attribute_keys: str | tuple[str, dict]):
+        """``label="key"``, or ``value=("key", {"param": ...})`` for a text with fixed parameters."""
         self._bindings.append((component, attribute_keys))
         return component
 
@@ -305,4 +312,7 @@ class Translator:
     def updates(self, lang: str) -> list:
         import gradio as gr
 
-        return [gr.update(**{attr: t(lang, key) for attr, key in keys.items()}) for _, keys in self._bindings]
+        def text(key):
+            return t(lang, key[0], **key[1]) if isinstance(key, tuple) else t(lang, key)
+
+        return [gr.update(**{attr: text(key) for attr, key in keys.items()}) for _, keys in self._bindings]

@@ -12,10 +12,12 @@ from pipelines.i2v import ASPECTS, I2VRequest, check_i2v, default_negative_promp
 from pipelines.i2v import resolutions_for, uses_flow_shift, validate_i2v
 from pipelines.images import aspect_value, fit_image, last_frame, output_size, thumbnail
 from pipelines.jobs import JobState, RequestError
+from pipelines.paths import user_file
 from pipelines.registry import DEFAULT_MODEL, I2V_MAX_AREA, get_spec, models_for
 
 from .i18n import Translator, error_text, request_language, t
 from .i18n import model_note as catalogue_note
+from .identity import cancel_own_job, owner_of
 from .job_status import follow_job, job_status
 
 RECENT_CLIPS = 30
@@ -92,7 +94,7 @@ def recent_clips(outputs_dir: Path, limit: int = RECENT_CLIPS) -> list[tuple[str
     return [(f"{p.parent.name} / {p.name}", str(p)) for _, p in dated[:limit]]
 
 
-def build_i2v_tab(worker, settings, translator: Translator, lang_state: gr.State) -> list:
+def build_i2v_tab(worker, settings, translator: Translator, lang_state: gr.State, forms: dict | None = None) -> list:
     """Build the tab; returns ``(fn, inputs, outputs)`` hooks to run after a language change."""
     demo = settings.demo
     specs = models_for("i2v")
@@ -272,6 +274,10 @@ def build_i2v_tab(worker, settings, translator: Translator, lang_state: gr.State
     def run(image_path, last_path, model_id, preset_name, prompt_text, negative_text, res, asp, fit_mode, n_frames,
             seconds, n_steps, cfg, flow_shift, seed_value, frame_rate, n_clips, lang, request: gr.Request):
         lang = request_language(lang, request)
+        try:  # no path from the API may leave the app's folders (Gradio already keeps them in its uploads)
+            image_path, last_path = user_file(image_path, settings, "image"), user_file(last_path, settings, "last frame")
+        except RequestError as error:
+            raise gr.Error(_error(lang, error))
         spec_id = model_id or DEFAULT_MODEL["i2v"]
         i2v_request = I2VRequest(
             image=image_path, last_image=last_path or None, prompt=prompt_text,
@@ -282,7 +288,7 @@ def build_i2v_tab(worker, settings, translator: Translator, lang_state: gr.State
         )
         try:
             i2v_request = validate_i2v(i2v_request, demo=demo)  # fail fast, before the queue
-            job = worker.submit("i2v", i2v_request, owner=getattr(request, "session_hash", "") or "")
+            job = worker.submit("i2v", i2v_request, owner=owner_of(request))
         except RequestError as error:
             raise gr.Error(_error(lang, error))
         skip = gr.skip()
@@ -316,8 +322,11 @@ def build_i2v_tab(worker, settings, translator: Translator, lang_state: gr.State
     )
     generated.then(refresh_recent, [recent], [recent], **private)
 
-    def cancel(current_job_id: str) -> bool:
-        return worker.cancel(current_job_id) if current_job_id else False
+    def cancel(current_job_id: str, request: gr.Request) -> bool:
+        try:
+            return cancel_own_job(worker, current_job_id, request)
+        except RequestError as error:
+            raise gr.Error(_error(request_language("", request), error))
 
     stop.click(cancel, [job_id], None, api_visibility="private", queue=False)
 
@@ -325,6 +334,10 @@ def build_i2v_tab(worker, settings, translator: Translator, lang_state: gr.State
         return (gr.update(choices=_aspect_choices(lang), value=current_aspect),
                 gr.update(choices=_fit_choices(lang), value=current_fit))
 
+    if forms is not None:  # for the History tab's "Reuse settings": request field -> component
+        forms["i2v"] = {"model": model, "preset": preset, "image": image, "prompt": prompt, "negative_prompt": negative,
+                        "resolution": resolution, "aspect": aspect, "fit": fit, "frames": frames, "steps": steps,
+                        "guidance": guidance, "shift": shift, "seed": seed, "fps": fps}
     return [
         (note_for, note_inputs, [note, frame]),
         (relabel_choices, [lang_state, aspect, fit], [aspect, fit]),

@@ -14,6 +14,7 @@ from pipelines.t2v import DEFAULT_NEGATIVE_PROMPT, T2VRequest, presets_for, reso
 
 from .i18n import Translator, error_text, request_language, t
 from .i18n import model_note as catalogue_note
+from .identity import cancel_own_job, owner_of
 from .job_status import follow_job, job_status
 
 def _preset_values(spec, preset_name: str, demo: bool) -> dict:
@@ -37,7 +38,7 @@ def size_note(lang: str, model_id: str, resolution: str, aspect: str, frames, fp
     return text
 
 
-def build_t2v_tab(worker, settings, translator: Translator, lang_state: gr.State) -> list:
+def build_t2v_tab(worker, settings, translator: Translator, lang_state: gr.State, forms: dict | None = None) -> list:
     """Build the tab; returns ``(fn, inputs, outputs)`` hooks to run after a language change."""
     demo = settings.demo
     specs = models_for("t2v")
@@ -139,7 +140,7 @@ def build_t2v_tab(worker, settings, translator: Translator, lang_state: gr.State
         )
         try:
             t2v_request = validate_t2v(t2v_request, demo=demo)  # fail fast, before the queue
-            job = worker.submit("t2v", t2v_request, owner=getattr(request, "session_hash", "") or "")
+            job = worker.submit("t2v", t2v_request, owner=owner_of(request))
         except RequestError as error:
             raise gr.Error(error_text(lang, error.key, error.params, str(error)))
         skip = gr.skip()
@@ -172,8 +173,15 @@ def build_t2v_tab(worker, settings, translator: Translator, lang_state: gr.State
         show_progress="minimal",
     )
 
-    def cancel(current_job_id: str) -> bool:
-        return worker.cancel(current_job_id) if current_job_id else False
+    def cancel(current_job_id: str, request: gr.Request) -> bool:
+        try:
+            return cancel_own_job(worker, current_job_id, request)
+        except RequestError as error:
+            raise gr.Error(error_text(request_language("", request), error.key, error.params, str(error)))
 
     stop.click(cancel, [job_id], None, api_name="cancel", queue=False)
+    if forms is not None:  # for the History tab's "Reuse settings": request field -> component
+        forms["t2v"] = {"model": model, "preset": preset, "prompt": prompt, "negative_prompt": negative,
+                        "resolution": resolution, "aspect": aspect, "frames": frames, "steps": steps,
+                        "guidance": guidance, "shift": shift, "seed": seed, "fps": fps}
     return [(note_for, note_inputs, [note])]
