@@ -47,6 +47,10 @@ from .video import (
     MAX_PROMPT_CHARS,
     PREVIEW_UPDATES,
     PREVIEW_UPSCALE,
+    check_step_cache,
+    encode_cached,
+    fast_path_record,
+    run_with_memory_ladder,
     video_sidecar,
 )
 
@@ -84,6 +88,7 @@ class I2VRequest:
     fps: int | None = None
     clips: int = 1
     last_image: str | None = None  # optional last frame (models with ``last_frame``)
+    step_cache: float = 0.0  # first-block cache threshold (0 = off; Wan only); changes the output
     width: int = 0  # filled by validation
     height: int = 0
     notes: list[str] = field(default_factory=list)
@@ -192,12 +197,14 @@ def check_i2v(request: I2VRequest, demo: bool = False) -> tuple[I2VRequest, Inpu
         shift = None
     seed = parse_number(request.seed if request.seed not in (None, "") else -1, "Seed", int, -1, 2**32 - 1, "seed")
     clips = parse_number(request.clips, "Number of clips", int, 1, MAX_CLIPS, "clips")
+    step_cache = check_step_cache(request.step_cache, spec)
     if seed == -1:
         seed = secrets.randbelow(2**31)
     checked = dataclasses.replace(
         request, prompt=prompt, negative_prompt=negative, preset=request.preset or "", resolution=resolution,
         aspect=aspect, fit=fit, frames=frames, duration_s=None, steps=steps, guidance=guidance, shift=shift, seed=seed,
-        fps=fps, clips=clips, width=width, height=height, notes=list(dict.fromkeys([*request.notes, *notes])),
+        fps=fps, clips=clips, step_cache=step_cache, width=width, height=height,
+        notes=list(dict.fromkeys([*request.notes, *notes])),
     )
     return checked, image, last
 
@@ -255,9 +262,13 @@ def _encode_prompt(pipe, spec: ModelSpec, request: I2VRequest, use_guidance: boo
             positive = _clip_prompt_embeds(pipe, [request.prompt], device)
             negative = _clip_prompt_embeds(pipe, [request.negative_prompt or ""], device) if use_guidance else None
             return positive, negative
-        return pipe.encode_prompt(prompt=request.prompt, negative_prompt=request.negative_prompt,
-                                  do_classifier_free_guidance=use_guidance, num_videos_per_prompt=1,
-                                  max_sequence_length=512)
+        positive, negative = pipe.encode_prompt(prompt=request.prompt, negative_prompt=request.negative_prompt,
+                                                do_classifier_free_guidance=use_guidance, num_videos_per_prompt=1,
+                                                max_sequence_length=512, device=pipe._execution_device)
+    # in the transformer's dtype already, so the pipeline passes these very tensors on (batched guidance
+    # recognises the negative one by identity)
+    dtype = (pipe.transformer or pipe.transformer_2).dtype
+    return positive.to(dtype), negative.to(dtype) if negative is not None else None
 
 
 def _decode_i2vgen(pipe, latents, chunk: int):
@@ -314,11 +325,6 @@ def _denoise(pipe, spec: ModelSpec, request: I2VRequest, embeds, frame, last_fra
 
 def run_i2v(job: Job, ctx) -> dict:
     """Run an ``I2VRequest``; returns the written clips, their sidecars and the input copy."""
-    from .media import encode_comment, write_mp4
-    from .outputs import output_stem, sidecar_path, write_atomic, write_json_atomic
-    from .preview import latents_to_rgb
-    from .video import decode_wan_latents, set_flow_shift
-
     request, image, last = check_i2v(job.request, demo=ctx.settings.demo)
     for text in request.notes:
         ctx.note(text)
@@ -326,8 +332,33 @@ def run_i2v(job: Job, ctx) -> dict:
     frame = fit_image(image.image, (request.width, request.height), request.fit)
     last_frame = fit_image(last.image, (request.width, request.height), request.fit) if last else None
 
+    clips: list[dict] = []  # kept across out-of-memory retries: a retry makes only the clips not yet written
+    inputs: dict[str, dict] = {}
+
+    def attempt(model, loaded_now, retries):
+        _make_clips(job, ctx, request, spec, image, last, frame, last_frame, model, loaded_now, retries, clips, inputs)
+
+    run_with_memory_ladder(ctx, job, spec, request, attempt)
+    return {
+        "clips": clips,
+        "notes": list(request.notes),
+        "seed": request.seed,
+        "input": inputs["image"]["path"],
+        "size": [request.width, request.height],
+    }
+
+
+def _make_clips(job: Job, ctx, request: I2VRequest, spec: ModelSpec, image: InputImage, last: InputImage | None, frame,
+                last_frame, model, loaded_now: bool, retries: list, clips: list, inputs: dict) -> None:
+    """The clips of the job not made yet, on ``model``, at its memory level (see ``run_with_memory_ladder``)."""
+    from . import fastpath
+    from .media import encode_comment, write_mp4
+    from .memory_levels import JobShape, maybe_inject_oom
+    from .outputs import output_stem, sidecar_path, write_atomic, write_json_atomic
+    from .preview import latents_to_rgb
+    from .video import decode_wan_latents, set_flow_shift
+
     # 1. Model: resident after the first job.
-    model, loaded_now = ctx.model(spec)
     pipe = model.pipe
     if not loaded_now:
         logger.info("Job %s: %s already resident, not reloaded", job.id, spec.title)
@@ -335,39 +366,54 @@ def run_i2v(job: Job, ctx) -> dict:
         set_flow_shift(pipe, request.shift)
     use_guidance = request.guidance > 1.0
 
-    # 2. Text encoding, once for all clips.
+    # 2. Text encoding, once for all clips; a prompt seen before comes from the cache.
     with ctx.stage("text_encode"):
-        embeds = _encode_prompt(pipe, spec, request, use_guidance)
+        maybe_inject_oom("text_encode")
+        tokens = 77 if family(spec) == "i2vgen" else 512
+        embeds, cache_hit = encode_cached(ctx, model, request.prompt, request.negative_prompt, use_guidance, tokens,
+                                          lambda: _encode_prompt(pipe, spec, request, use_guidance))
     ctx.check_cancel()
+    preset = next((p for p in spec.presets if p.name == request.preset), None)
+    changes = fastpath.changes_output(request.step_cache, bool(spec.lora_repo_id or (preset and preset.changes_output)),
+                                      model.attention, bool(model.optimisations.get("fp8")))
 
-    clips: list[dict] = []
-    inputs: dict[str, dict] = {}
     preview_every = max(1, request.steps // PREVIEW_UPDATES)
-    for index in range(request.clips):
+    for index in range(len(clips), request.clips):
         seed = (request.seed + index) % 2**32
         clip_timings: dict[str, float] = {}
         clock = ctx.start_steps(request.steps, clip=index + 1, clips=request.clips)
 
-        def on_latents(latents):
-            preview = None
-            if (clock.done + 1) % preview_every == 0 or clock.done + 1 == request.steps:
-                preview = latents_to_rgb(latents.float().cpu().numpy(), upscale=PREVIEW_UPSCALE)
-            ctx.step(clock, preview=preview)
-
-        # 3. Denoising, with progress, previews and cancel at every step.
+        # 3. Denoising, with progress, previews and cancel at every step, inside the fast path.
         started = time.perf_counter()
-        with ctx.stage("denoise"):
-            latents = _denoise(pipe, spec, request, embeds, frame, last_frame, seed, on_latents, job)
+        negative = embeds[1] if use_guidance and family(spec) == "wan" else None
+        with ctx.stage("denoise"), fastpath.denoise_context(model, ctx.settings, use_guidance, negative,
+                                                            request.step_cache) as info:
+            maybe_inject_oom("denoise")
+            timer = info["timer"]
+
+            def on_latents(latents):
+                timer.tick()
+                preview = None
+                if (clock.done + 1) % preview_every == 0 or clock.done + 1 == request.steps:
+                    preview = latents_to_rgb(latents.float().cpu().numpy(), upscale=PREVIEW_UPSCALE)
+                ctx.step(clock, preview=preview)
+
+            latents = fastpath.with_compile_fallback(
+                model, lambda: _denoise(pipe, spec, request, embeds, frame, last_frame, seed, on_latents, job))
         clip_timings["denoise"] = time.perf_counter() - started
         ctx.check_cancel()
 
-        # 4. VAE decode.
+        # 4. VAE decode: whole, or in tiles (I2VGen-XL: a frame at a time) when it would not fit.
+        shape = JobShape(request.frames, request.height, request.width, use_guidance)
+        tiled, tiled_why = fastpath.decode_should_tile(pipe, model.level, shape, ctx.settings, ctx.device)
         started = time.perf_counter()
         with ctx.stage("decode"):
+            maybe_inject_oom("decode")
             if family(spec) == "i2vgen":
-                frames = _decode_i2vgen(pipe, latents, chunk=1 if ctx.settings.vae_tiling else 4)
+                frames = _decode_i2vgen(pipe, latents, chunk=1 if tiled else request.frames)
             else:
-                frames = decode_wan_latents(pipe, latents)
+                with fastpath.vae_tiles(pipe, tiled):
+                    frames = decode_wan_latents(pipe, latents)
         del latents
         clip_timings["decode"] = time.perf_counter() - started
         ctx.check_cancel()
@@ -381,9 +427,12 @@ def run_i2v(job: Job, ctx) -> dict:
                 stem.with_suffix(".mp4"), lambda temp: write_mp4(frames, temp, request.fps, comment=encode_comment(settings))
             )
             if not inputs:
-                inputs = _copy_inputs(video_path, image, last, write_atomic)
+                inputs.update(_copy_inputs(video_path, image, last, write_atomic))
         clip_timings["encode"] = time.perf_counter() - started
-        sidecar = video_sidecar("i2v", job, ctx, request, spec, model, loaded_now, settings, clip_timings, video_path, frames.shape)
+        fast = fast_path_record(model, retries, {**info, "prompt_cache_hit": cache_hit, "vae_tiled": tiled,
+                                                 "vae_tiled_why": tiled_why}, changes)
+        sidecar = video_sidecar("i2v", job, ctx, request, spec, model, loaded_now, settings, clip_timings, video_path,
+                                frames.shape, fast=fast)
         sidecar["input"] = {**image.record(), "copy": inputs["image"]["copy"], "fit": request.fit,
                             "used_width": request.width, "used_height": request.height}
         if last is not None:
@@ -391,13 +440,6 @@ def run_i2v(job: Job, ctx) -> dict:
         sidecar_file = write_json_atomic(sidecar_path(video_path), sidecar)
         logger.info("Job %s: wrote %s", job.id, video_path)
         clips.append({"video": str(video_path), "sidecar": str(sidecar_file), "seed": seed})
-    return {
-        "clips": clips,
-        "notes": list(request.notes),
-        "seed": request.seed,
-        "input": inputs["image"]["path"],
-        "size": [request.width, request.height],
-    }
 
 
 def _settings(request: I2VRequest, spec: ModelSpec, seed: int, image: InputImage, last: InputImage | None) -> dict:
@@ -417,6 +459,7 @@ def _settings(request: I2VRequest, spec: ModelSpec, seed: int, image: InputImage
         "shift": request.shift,
         "seed": seed,
         "fps": request.fps,
+        "step_cache": request.step_cache,
         "image_sha256": image.sha256,
         "last_image_sha256": last.sha256 if last else None,
     }
