@@ -25,8 +25,8 @@ from .i18n import Translator, error_text, request_language, t
 from .job_status import POLL_SECONDS, job_status
 
 KEPT_BATCHES = 50  # batches the tab remembers for its live tables and Stop all
-CHECK_TYPES = ["number", "str", "str", "str"]
-JOB_TYPES = ["number", "str", "str", "str", "markdown"]  # the output column is a link
+# Both tables (the check's four columns, the jobs' five) in one component; the jobs' output column is a link.
+TABLE_TYPES = ["number", "str", "str", "str", "markdown"]
 
 
 def _owner(request) -> str:
@@ -80,13 +80,6 @@ def check_table(lang: str, plan: batches.BatchPlan) -> dict:
     headers = [t(lang, f"batch_col_{name}") for name in ("row", "what", "settings", "check")]
     return _table(headers, rows)
 
-
-def check_update(lang: str, plan: batches.BatchPlan):
-    return gr.update(value=check_table(lang, plan), datatype=CHECK_TYPES)
-
-
-def jobs_update(lang: str, run: batches.BatchRun, labels: list[str], worker):
-    return gr.update(value=jobs_table(lang, run, labels, worker), datatype=JOB_TYPES)
 
 
 def _link(path: str) -> str:
@@ -158,10 +151,11 @@ def build_batch_tab(worker, settings, translator: Translator, lang_state: gr.Sta
         with gr.Column(scale=6):
             status = gr.Markdown("", elem_id="batch-status")
             table = gr.Dataframe(value=check_table("en", batches.BatchPlan(task="t2v", rows=[])), interactive=False,
-                                 wrap=True, elem_id="batch-table", datatype=CHECK_TYPES)
+                                 wrap=True, elem_id="batch-table", datatype=TABLE_TYPES)
             files = translator.bind(gr.File(label="Outputs", file_count="multiple", interactive=False),
                                     label="batch_outputs")
-    batch_id = gr.State("")
+    # The batch being followed: hidden on the page, a value of its own in the API (``/batch_cancel`` takes it).
+    batch_id = gr.Textbox("", visible=False, elem_id="batch-id")
 
     # --- settings follow the task and model ------------------------------------------------------------
 
@@ -211,7 +205,7 @@ def build_batch_tab(worker, settings, translator: Translator, lang_state: gr.Sta
         bad = len(plan.errors)
         message = (t(lang, "batch_checked_bad", bad=bad, count=len(plan.rows)) if bad
                    else t(lang, "batch_checked_ok", count=len(plan.rows)))
-        return message, check_update(lang, plan)
+        return message, check_table(lang, plan)
 
     inputs = [task, text, upload, model, preset, seed, policy, image, lang_state]
     check.click(check_rows, inputs, [status, table], api_name="batch_check", show_progress="minimal")
@@ -240,18 +234,18 @@ def build_batch_tab(worker, settings, translator: Translator, lang_state: gr.Sta
                             image_path)
             if plan.errors:
                 yield t(lang, "batch_checked_bad", bad=len(plan.errors), count=len(plan.rows)), \
-                    check_update(lang, plan), "", None
+                    check_table(lang, plan), "", None
                 raise batches.BatchError(plan.errors)
             run = batches.submit_batch(worker, plan, owner=_owner(request))
         except RequestError as error:
             raise gr.Error(_error(lang, error))
         labels = [batches.describe_row(plan.task, row.request)[0] for row in plan.rows]
         remember(run, labels, _owner(request))
-        yield progress_line(lang, run), jobs_update(lang, run, labels, worker), run.id, None
+        yield progress_line(lang, run), jobs_table(lang, run, labels, worker), run.id, None
         while not run.wait(POLL_SECONDS * 4):
-            yield progress_line(lang, run), jobs_update(lang, run, labels, worker), gr.skip(), gr.skip()
+            yield progress_line(lang, run), jobs_table(lang, run, labels, worker), gr.skip(), gr.skip()
         outputs = [path for outcome in run.outcomes() for path in outcome.outputs]
-        yield progress_line(lang, run), jobs_update(lang, run, labels, worker), run.id, outputs or None
+        yield progress_line(lang, run), jobs_table(lang, run, labels, worker), run.id, outputs or None
 
     queue.click(
         queue_rows, inputs, [status, table, batch_id, files],
@@ -279,7 +273,7 @@ def build_batch_tab(worker, settings, translator: Translator, lang_state: gr.Sta
         return (
             gr.update(choices=task_choices(lang), value=task_name),
             gr.update(choices=policy_choices(lang), value=policy_value),
-            jobs_update(lang, entry[0], entry[1], worker) if entry else gr.skip(),
+            jobs_table(lang, entry[0], entry[1], worker) if entry else gr.skip(),
             t(lang, "batch_intro", folder=folder),
         )
 
