@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .jobs import Job, JobState, RequestError
-from .store import MAX_ATTEMPTS, JobStore
+from .store import MAX_ATTEMPTS, JobStore, StoredJob
 
 logger = logging.getLogger(__name__)
 
@@ -32,11 +32,23 @@ class JobQueue:
 
     # --- from any thread ------------------------------------------------------------------------
 
-    def restore(self) -> int:
-        """Queue again what the store holds from the last run (see ``JobStore.recover``); returns how many."""
+    def restore(self, already_done: Callable[[StoredJob], bool] | None = None) -> int:
+        """Queue again what the store holds from the last run (see ``JobStore.recover``); returns how many.
+
+        ``already_done`` tells whether an interrupted job had in fact written all its outputs before the
+        app died (between its last file and its record): such a job is marked done, not run twice.
+        """
         if self.store is None:
             return 0
         requeued, given_up = self.store.recover()
+        if already_done is not None:
+            finished = [stored for stored in requeued if stored.attempts and already_done(stored)]
+            for stored in finished:
+                stored.state = "done"
+                stored.notes = [*stored.notes, "All its outputs were written before the app stopped; not run again."]
+                self.store.mark_done(stored)
+                logger.info("Job %s had finished its outputs before the app stopped; not run again", stored.id)
+            requeued = [stored for stored in requeued if stored not in finished]
         for stored in given_up:
             logger.warning("Job %s (%s) was interrupted %d times; not started again.", stored.id, stored.task,
                            stored.attempts)

@@ -151,6 +151,11 @@ class JobStore:
                 (job.attempts, json.dumps(job.notes, ensure_ascii=False), job.id),
             )
 
+    def mark_done(self, job: StoredJob) -> None:
+        with self._lock:
+            self._db.execute("UPDATE jobs SET state='done', finished=?, notes=? WHERE id=?",
+                             (time.time(), json.dumps(job.notes, ensure_ascii=False), job.id))
+
     def delete(self, job_id: str) -> None:
         with self._lock:
             self._db.execute("DELETE FROM jobs WHERE id=?", (job_id,))

@@ -128,12 +128,22 @@ class GPUWorker:
     def start(self) -> None:
         """Queue again the jobs left from the last run (with a store), then start the worker thread."""
         if self._thread is None:
-            self.queue.restore()
+            self.queue.restore(self._outputs_complete)
             self._thread = threading.Thread(target=self._run, name="gpu-worker", daemon=True)
             self._thread.start()
 
     def wait_ready(self, timeout: float | None = None) -> bool:
         return self._ready.wait(timeout)
+
+    def _outputs_complete(self, stored) -> bool:
+        """Whether the outputs folder holds every sidecar an interrupted job was to write."""
+        from .history import History
+
+        expected = getattr(stored.request, "clips", None) or len(getattr(stored.request, "files", None) or [])
+        if not isinstance(expected, int) or expected < 1:
+            return False
+        written = [e for e in History(self.settings.outputs_dir).entries() if e.job_id == stored.id]
+        return len(written) >= expected
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop taking jobs, stop the running one at its next step (it runs again after a restart), end."""

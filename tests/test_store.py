@@ -100,7 +100,7 @@ def test_a_cancelled_job_stays_cancelled_after_a_restart(settings, tmp_path):
 
 
 CRASHING_APP = textwrap.dedent("""
-    import sys, time
+    import json, sys, time
     sys.path.insert(0, {root!r})
     from pathlib import Path
     from pipelines.settings import Settings
@@ -108,6 +108,10 @@ CRASHING_APP = textwrap.dedent("""
     from pipelines.worker import GPUWorker
 
     def hang(job, ctx):
+        if {write_sidecar!r}:  # the whole output is written; the app dies before recording the job done
+            folder = Path({outputs!r}) / "2026-01-01"
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "x.json").write_text(json.dumps({{"app": "cinescribe", "task": "t2v", "job_id": job.id}}))
         Path({marker!r}).write_text(job.id)
         time.sleep(600)
 
@@ -119,12 +123,13 @@ CRASHING_APP = textwrap.dedent("""
 """)
 
 
-def crash_while_running(tmp_path, settings, submit: str) -> str:
+def crash_while_running(tmp_path, settings, submit: str, write_sidecar: bool = False) -> str:
     """Run a worker in a child process, ``kill -9`` it while its job runs; returns the job's id."""
     marker = tmp_path / "running.txt"
     marker.unlink(missing_ok=True)
     script = CRASHING_APP.format(root=str(ROOT), marker=str(marker), outputs=str(settings.outputs_dir),
-                                 data=str(settings.data_dir), store=str(tmp_path / "jobs.sqlite3"), submit=submit)
+                                 data=str(settings.data_dir), store=str(tmp_path / "jobs.sqlite3"), submit=submit,
+                                 write_sidecar=write_sidecar)
     child = subprocess.Popen([sys.executable, "-c", script])
     try:
         deadline = time.time() + 60
@@ -160,3 +165,17 @@ def test_kill_9_during_a_job_requeues_it_once_then_gives_up(settings, tmp_path):
     row = JobStore(store_path).get(first)
     assert row.state == "failed" and row.error_key == "interrupted_twice" and row.attempts == 2
     assert [entry[1] for entry in log] == [1]
+
+
+def test_a_job_that_wrote_all_its_outputs_before_the_crash_is_not_run_twice(settings, tmp_path):
+    store_path = tmp_path / "jobs.sqlite3"
+    job_id = crash_while_running(tmp_path, settings, 'from pipelines.t2v import T2VRequest; '
+                                                     'worker.submit("echo", T2VRequest(prompt="x", clips=1))',
+                                 write_sidecar=True)
+    log: list = []
+    worker = make_worker(settings, store_path, log)
+    time.sleep(0.5)
+    worker.stop()
+    assert log == [], "not run again"
+    row = JobStore(store_path).get(job_id)
+    assert row.state == "done" and "not run again" in row.notes[-1]
