@@ -214,7 +214,7 @@ def test_batch_check_and_queue_through_the_api(served_app):
 
     message, table = client.predict(**{**common, "rows_text": rows + ",5,1,23\n"}, api_name="/batch_check")
     assert "1 of 3" in message
-    assert [r[0] for r in table["data"]] == [2, 3, 4] and "prompt" in table["data"][2][3].lower()
+    assert [r[0] for r in table["data"]] == [2, 3, 4] and "prompt" in table["data"][2][2].lower()
 
     with pytest.raises(Exception) as raised:
         client.predict(**{**common, "rows_text": rows + ",5,1,23\n"}, api_name="/batch_queue")

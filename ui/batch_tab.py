@@ -74,10 +74,10 @@ def check_table(lang: str, plan: batches.BatchPlan) -> dict:
     for row in plan.rows:
         if row.ok:
             what, settings = batches.describe_row(plan.task, row.request)
-            rows.append([row.row, what, settings, t(lang, "batch_row_ok")])
+            rows.append([row.row, what, t(lang, "batch_row_ok"), settings])
         else:
-            rows.append([row.row, batches.row_label(plan.task, row.cells), "", "⚠ " + _error(lang, row.error)])
-    headers = [t(lang, f"batch_col_{name}") for name in ("row", "what", "settings", "check")]
+            rows.append([row.row, batches.row_label(plan.task, row.cells), "⚠ " + _error(lang, row.error), ""])
+    headers = [t(lang, f"batch_col_{name}") for name in ("row", "what", "check", "settings")]
     return _table(headers, rows)
 
 
@@ -119,40 +119,40 @@ def build_batch_tab(worker, settings, translator: Translator, lang_state: gr.Sta
     intro = gr.Markdown(t("en", "batch_intro", folder=folder))  # relabelled by the language hook (it has a value)
     with gr.Row():
         with gr.Column(scale=5):
-            task = translator.bind(gr.Radio(task_choices("en"), value="t2v", label="Task"), label="batch_task")
+            task = translator.bind(gr.Radio(task_choices("en"), value="t2v", label=t("en", "batch_task")), label="batch_task")
             text = translator.bind(
-                gr.Textbox(label="Rows", lines=8, max_lines=20, placeholder=t("en", "batch_text_placeholder"),
+                gr.Textbox(label=t("en", "batch_text"), lines=8, max_lines=20, placeholder=t("en", "batch_text_placeholder"),
                            elem_id="batch-text"),
                 label="batch_text", placeholder="batch_text_placeholder",
             )
-            upload = translator.bind(gr.File(label="File", file_types=[".txt", ".csv"], type="filepath"),
+            upload = translator.bind(gr.File(label=t("en", "batch_file"), file_types=[".txt", ".csv"], type="filepath"),
                                      label="batch_file")
             with gr.Row():
                 model = translator.bind(
-                    gr.Dropdown([(s.title, s.id) for s in models_for("t2v")], value=start_model, label="Model"),
+                    gr.Dropdown([(s.title, s.id) for s in models_for("t2v")], value=start_model, label=t("en", "batch_model")),
                     label="batch_model",
                 )
                 preset = translator.bind(
                     gr.Dropdown(preset_names("t2v", start_model, demo), value=default_preset("t2v", start_model, demo),
-                                label="Preset", allow_custom_value=True),
+                                label=t("en", "batch_preset"), allow_custom_value=True),
                     label="batch_preset",
                 )
             with gr.Row():
-                seed = translator.bind(gr.Number(value=-1, precision=0, label="Seed"), label="batch_seed")
-                policy = translator.bind(gr.Radio(policy_choices("en"), value="fixed", label="Seeds"),
+                seed = translator.bind(gr.Number(value=-1, precision=0, label=t("en", "batch_seed")), label="batch_seed")
+                policy = translator.bind(gr.Radio(policy_choices("en"), value="fixed", label=t("en", "batch_seed_policy")),
                                          label="batch_seed_policy")
-            image = translator.bind(gr.Image(label="Image", type="filepath", visible=False, height=160),
+            image = translator.bind(gr.Image(label=t("en", "batch_image"), type="filepath", visible=False, height=160),
                                     label="batch_image")
             with gr.Row():
-                check = translator.bind(gr.Button("Check", elem_id="batch-check"), value="batch_check")
-                queue = translator.bind(gr.Button("Queue all rows", variant="primary", elem_id="batch-queue"),
+                check = translator.bind(gr.Button(t("en", "batch_check"), elem_id="batch-check"), value="batch_check")
+                queue = translator.bind(gr.Button(t("en", "batch_queue"), variant="primary", elem_id="batch-queue"),
                                         value="batch_queue")
-                stop = translator.bind(gr.Button("Stop all", variant="stop", elem_id="batch-stop"), value="batch_stop")
+                stop = translator.bind(gr.Button(t("en", "batch_stop"), variant="stop", elem_id="batch-stop"), value="batch_stop")
         with gr.Column(scale=6):
             status = gr.Markdown("", elem_id="batch-status")
             table = gr.Dataframe(value=check_table("en", batches.BatchPlan(task="t2v", rows=[])), interactive=False,
                                  wrap=True, elem_id="batch-table", datatype=TABLE_TYPES)
-            files = translator.bind(gr.File(label="Outputs", file_count="multiple", interactive=False),
+            files = translator.bind(gr.File(label=t("en", "batch_outputs"), file_count="multiple", interactive=False),
                                     label="batch_outputs")
     # The batch being followed: hidden on the page, a value of its own in the API (``/batch_cancel`` takes it).
     batch_id = gr.Textbox("", visible=False, elem_id="batch-id")
