@@ -150,21 +150,30 @@ def language_code(value: Any) -> str:
     )
 
 
+def _as_list(value: Any) -> list:
+    """A list of files or names from whatever came: one path is a list of one, not of its characters."""
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [value]
+
+
 def validate_asr(request: ASRRequest, demo: bool = False) -> ASRRequest:
     """Check and normalise a request before any GPU work; returns a new request (notes say what changed)."""
     from .audio import MAX_DURATION_S
 
     notes: list[str] = []
-    files = [str(f) for f in (request.files or []) if f not in (None, "")]
+    files = [str(f) for f in _as_list(request.files) if f not in (None, "")]
     if not files:
         raise RequestError("Add at least one audio or video file, or record from the microphone.", key="asr_no_files")
     if len(files) > MAX_FILES:
         raise RequestError(f"{len(files)} files in one job; the limit is {MAX_FILES}.", key="asr_too_many_files",
                            count=len(files), limit=MAX_FILES)
-    names = [str(n) for n in (request.names or [])][: len(files)]
+    names = [str(n) for n in _as_list(request.names)][: len(files)]
     names += [Path(f).name for f in files[len(names):]]
     try:
-        spec = get_spec(request.model)
+        spec = get_spec(request.model if isinstance(request.model, str) else str(request.model))  # a list: no KeyError
     except ValueError as error:
         raise RequestError(str(error), key="model_unknown", model=str(request.model)) from None
     if spec.task != "asr":

@@ -136,7 +136,7 @@ def check_i2v(request: I2VRequest, demo: bool = False) -> tuple[I2VRequest, Inpu
             f"The prompt is {len(prompt)} characters; the limit is {MAX_PROMPT_CHARS}.", key="prompt_long", limit=MAX_PROMPT_CHARS
         )
     try:
-        spec = get_spec(request.model)
+        spec = get_spec(request.model if isinstance(request.model, str) else str(request.model))  # a list: no KeyError
     except ValueError as error:
         raise RequestError(str(error), key="i2v_model_unknown", model=str(request.model)) from None
     if spec.task != "i2v":

@@ -53,3 +53,10 @@ def resolve_user_path(value: object, settings: Settings, what: str = "file") -> 
             key="path_outside", value=text[:200], folder=str(inputs_dir(settings)),
         )
     return path.resolve()
+
+
+def user_file(value: object, settings: Settings, what: str = "file") -> str | None:
+    """An optional file parameter checked by ``resolve_user_path``: None or blank stays None, else the path as text."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    return str(resolve_user_path(value, settings, what))
