@@ -58,6 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                      help="keep weights in CPU memory and move them to the GPU when needed (less VRAM, slower)")
     gpu.add_argument("--vae-tiling", action="store_true", help="decode video in tiles (less VRAM at high resolutions)")
     gpu.add_argument("--gpu-memory", type=float, metavar="GB", help="VRAM budget for resident models")
+    gpu.add_argument("--parallel", type=int, default=1, metavar="N",
+                     help="run one Wan clip across N GPUs of this machine (context parallelism); other models: one GPU")
     gpu.add_argument("--preload", default="", help=f"load these tasks' default models at start: {','.join(TASKS)}")
     parser.add_argument("--demo", action="store_true",
                         help="tiny random models built locally: the whole app runs with no weights and no network")
@@ -78,6 +80,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         gpu_memory_gb=args.gpu_memory,
         preload=preload,
         demo=args.demo,
+        parallel=args.parallel,
     )
 
 

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from .images import FITS, InputImage, aspect_value, fit_image, load_image, output_size
 from .jobs import Job, JobCancelled, RequestError, parse_number
+from .parallel import run_parallel
 from .registry import (
     DEFAULT_MODEL,
     DEMO_I2V_RESOLUTIONS,
@@ -329,6 +330,8 @@ def run_i2v(job: Job, ctx) -> dict:
     for text in request.notes:
         ctx.note(text)
     spec = get_spec(request.model)
+    if (parallel := run_parallel("i2v", job, ctx, request, spec, image, last)) is not None:  # --parallel N
+        return parallel
     frame = fit_image(image.image, (request.width, request.height), request.fit)
     last_frame = fit_image(last.image, (request.width, request.height), request.fit) if last else None
 

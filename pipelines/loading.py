@@ -128,10 +128,12 @@ def _preset_shape(spec: ModelSpec, preset) -> memory_levels.JobShape:
     return memory_levels.JobShape(preset.frames, height, width, guidance=preset.guidance > 1.0)
 
 
-def load_video_pipeline(spec: ModelSpec, settings: Settings, device: str, dtype: str) -> LoadedModel:
+def load_video_pipeline(spec: ModelSpec, settings: Settings, device: str, dtype: str,
+                        without: tuple[str, ...] = ()) -> LoadedModel:
     """Load a diffusers video pipeline the way users expect (``from_pretrained``), then place it at its
     memory level and apply the fast path (``pipelines.fastpath``): attention kernel, fused projections,
-    compilation, fp8 storage when asked."""
+    compilation, fp8 storage when asked. Components named in ``without`` are not loaded (context-parallel
+    ranks other than 0 never encode a prompt: ``pipelines/parallel_rank.py``)."""
     import diffusers
     import torch
 
@@ -154,7 +156,7 @@ def load_video_pipeline(spec: ModelSpec, settings: Settings, device: str, dtype:
         # everything else in the chosen dtype.
         fp32 = spec.extra.get("fp32_components", ("vae",))
         torch_dtype = {"default": _torch_dtype(dtype), **{name: torch.float32 for name in fp32}}
-        pipe = pipeline_class.from_pretrained(folder, dtype=torch_dtype)
+        pipe = pipeline_class.from_pretrained(folder, dtype=torch_dtype, **{name: None for name in without})
     if spec.lora_repo_id and not (settings.demo or settings.random_weights):
         logger.info("Fusing LoRA %s/%s into %s", spec.lora_repo_id, spec.lora_weight_name, spec.title)
         pipe.load_lora_weights(spec.lora_repo_id, weight_name=spec.lora_weight_name, local_files_only=True)
@@ -208,4 +210,9 @@ def load_model(spec: ModelSpec, settings: Settings, device: str, dtype: str) -> 
         from .asr import load_asr_model
 
         return load_asr_model(spec, settings, device, dtype)
+    if settings.parallel > 1:  # one Wan clip across N GPUs (pipelines/parallel.py); other models: one GPU
+        from .parallel import load_parallel_model, plan
+
+        if plan(settings, spec, device)[0] > 1:
+            return load_parallel_model(spec, settings, device, dtype)
     return load_video_pipeline(spec, settings, device, dtype)

@@ -43,6 +43,7 @@ class Settings:
     prompt_cache: int = 8  # prompt embeddings kept for repeated prompts; 0 = off
     fp8: bool = False  # fp8 weight storage (layer-wise casting): changes the output
     asr_static_cache: bool = False  # Whisper sequential decoding with a static KV cache (compiled on CUDA)
+    parallel: int = 1  # one Wan clip across this many GPUs (context parallelism, pipelines/parallel.py)
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -63,6 +64,8 @@ class Settings:
             raise ValueError(f"`preload` takes {', '.join(TASKS)}; unknown: {', '.join(unknown)}.")
         if not isinstance(self.prompt_cache, int) or self.prompt_cache < 0:
             raise ValueError(f"`prompt_cache` must be a whole number of entries (0 = off), not {self.prompt_cache!r}.")
+        if isinstance(self.parallel, bool) or not isinstance(self.parallel, int) or not 1 <= self.parallel <= 64:
+            raise ValueError(f"`parallel` must be a whole number of GPUs from 1 to 64, not {self.parallel!r}.")
         if self.gpu_memory_gb is not None and self.gpu_memory_gb <= 0:
             raise ValueError(f"`gpu_memory` must be a positive number of GB, not {self.gpu_memory_gb}.")
 

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 
 from .jobs import Job, RequestError, parse_number
+from .parallel import run_parallel
 from .registry import (
     DEFAULT_MODEL,
     DEMO_PRESETS,
@@ -155,6 +156,8 @@ def run_t2v(job: Job, ctx) -> dict:
     for text in request.notes:
         ctx.note(text)
     spec = get_spec(request.model)
+    if (parallel := run_parallel("t2v", job, ctx, request, spec)) is not None:  # --parallel N (pipelines/parallel.py)
+        return parallel
     clips: list[dict] = []  # kept across out-of-memory retries: a retry makes only the clips not yet written
 
     def attempt(model, loaded_now, retries):
