@@ -16,6 +16,8 @@ from pathlib import Path
 
 from pipelines.settings import (
     ATTENTION_BACKENDS,
+    BATCH_GUIDANCE,
+    MEMORY_LEVELS,
     DEVICES,
     DTYPES,
     LAUNCHER_ENV,
@@ -53,11 +55,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     gpu.add_argument("--device", choices=DEVICES, default="auto")
     gpu.add_argument("--dtype", choices=DTYPES, default="auto", help="auto: bf16 on GPUs that have it, else fp16; fp32 on CPU")
     gpu.add_argument("--attention", choices=ATTENTION_BACKENDS, default="auto",
-                     help="auto: flash-attn when installed, else PyTorch SDPA")
+                     help="auto: the fastest kernel that passes a probe (flash-attn, cuDNN on Hopper+, else PyTorch "
+                          "SDPA; xformers for UNets); sage quantises, so only when asked")
     gpu.add_argument("--offload", choices=OFFLOAD_MODES, default="none",
                      help="keep weights in CPU memory and move them to the GPU when needed (less VRAM, slower)")
     gpu.add_argument("--vae-tiling", action="store_true", help="decode video in tiles (less VRAM at high resolutions)")
-    gpu.add_argument("--gpu-memory", type=float, metavar="GB", help="VRAM budget for resident models")
+    gpu.add_argument("--gpu-memory", type=float, metavar="GB",
+                     help="the most VRAM the app will use (resident models, memory levels, the allocator's cap)")
+    fast = parser.add_argument_group("speed (see pipelines/fastpath.py)")
+    fast.add_argument("--memory-level", choices=MEMORY_LEVELS, default="auto",
+                      help="auto: chosen from the free VRAM measured at load (resident, text_offload, vae_tiling, "
+                           "model_offload, sequential_offload; group_offload only when asked); --offload wins")
+    fast.add_argument("--compile", action="store_true",
+                      help="torch.compile the repeated transformer/UNet blocks (first job slower; cached across runs)")
+    fast.add_argument("--no-fuse-qkv", dest="fuse_qkv", action="store_false",
+                      help="do not fuse the attention's q/k/v projections")
+    fast.add_argument("--batch-guidance", choices=BATCH_GUIDANCE, default="auto",
+                      help="run the guidance pass in one batch with the conditional one (auto: when resident)")
+    fast.add_argument("--prompt-cache", type=int, default=8, metavar="N",
+                      help="prompt embeddings kept for repeated prompts (0 = off; default 8)")
+    fast.add_argument("--fp8", action="store_true",
+                      help="store transformer weights in fp8 (GPUs with sm 8.9+): less VRAM, changes the output")
+    fast.add_argument("--asr-static-cache", action="store_true",
+                      help="Whisper sequential decoding with a static KV cache (compiled on a CUDA GPU)")
     gpu.add_argument("--parallel", type=int, default=1, metavar="N",
                      help="run one Wan clip across N GPUs of this machine (context parallelism); other models: one GPU")
     gpu.add_argument("--preload", default="", help=f"load these tasks' default models at start: {','.join(TASKS)}")
@@ -78,6 +98,13 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         offload=args.offload,
         vae_tiling=args.vae_tiling,
         gpu_memory_gb=args.gpu_memory,
+        memory_level=args.memory_level,
+        compile=args.compile,
+        fuse_qkv=args.fuse_qkv,
+        batch_guidance=args.batch_guidance,
+        prompt_cache=args.prompt_cache,
+        fp8=args.fp8,
+        asr_static_cache=args.asr_static_cache,
         preload=preload,
         demo=args.demo,
         parallel=args.parallel,

@@ -97,6 +97,16 @@ STRINGS: dict[str, dict[str, str]] = {
         "err_model_missing": "{model} ({repo}) is not on this machine. Fetch it with: {command}",
         "err_oom": "Out of GPU memory. Release VRAM frees models kept from earlier jobs; for video, try fewer "
         "frames or a lower resolution, or start with --offload model and --vae-tiling.",
+        "err_oom_lowest_level": "Out of GPU memory even at the lowest memory level (sequential offload, VAE in tiles) "
+        "for {model}, {frames} frames at {width} × {height}. Use fewer frames or a lower resolution, a smaller model, "
+        "or close other programs using the GPU; Release VRAM drops models kept from earlier jobs.",
+        "err_step_cache_type": "The step cache threshold must be a number, not {value}.",
+        "err_step_cache_range": "The step cache threshold must be between {low:g} and {high:g}, not {value:g}.",
+        "err_step_cache_unsupported": "The step cache works with Wan models; {model} has no transformer blocks to "
+        "skip. Set it to 0.",
+        "step_cache": "Step cache (0 = off)",
+        "step_cache_info": "Skips most of the model on steps that change little: faster, but the clip differs "
+        "from one made without it. 0.05–0.1 keeps it close; the sidecar records the value.",
         "err_restarting": "The app is restarting; try again in a moment.",
         "err_path_invalid": "The path {value} is not a valid path.",
         "err_path_outside": "{value} is outside the app's folders; put the file in {folder} or upload it.",
@@ -199,6 +209,15 @@ STRINGS: dict[str, dict[str, str]] = {
         "err_model_missing": "本机没有 {model}（{repo}）。下载命令：{command}",
         "err_oom": "GPU 显存不足。“释放显存”可卸载之前任务留下的模型；视频任务可减少帧数或降低分辨率，"
         "或使用 --offload model 和 --vae-tiling 启动。",
+        "err_oom_lowest_level": "即使在最低显存档位（逐层卸载、VAE 分块解码）下，{model} 生成 {frames} 帧 "
+        "{width} × {height} 仍然显存不足。请减少帧数或降低分辨率、换用更小的模型，或关闭其他占用 GPU 的程序；"
+        "“释放显存”可卸载之前任务留下的模型。",
+        "err_step_cache_type": "步骤缓存阈值必须是数字，而不是 {value}。",
+        "err_step_cache_range": "步骤缓存阈值必须在 {low:g} 到 {high:g} 之间，而不是 {value:g}。",
+        "err_step_cache_unsupported": "步骤缓存仅适用于 Wan 模型；{model} 没有可跳过的 Transformer 块。请设为 0。",
+        "step_cache": "步骤缓存（0 = 关闭）",
+        "step_cache_info": "在变化很小的步骤中跳过模型的大部分计算：更快，但生成的视频与不使用时不同。"
+        "0.05–0.1 差别较小；该值会记录在设置文件中。",
         "err_restarting": "应用正在重启，请稍后再试。",
         "err_path_invalid": "路径 {value} 无效。",
         "err_path_outside": "{value} 不在本应用的文件夹内；请把文件放到 {folder}，或直接上传。",

@@ -191,6 +191,11 @@ def build_i2v_tab(worker, settings, translator: Translator, lang_state: gr.State
                     seed = translator.bind(gr.Number(value=-1, precision=0, label="Seed"), label="seed")
                     fps = translator.bind(gr.Slider(4, 30, value=default_spec.fps, step=1, label="FPS"), label="fps")
                     clips = translator.bind(gr.Slider(1, 8, value=1, step=1, label="Clips"), label="clips")
+                step_cache = translator.bind(
+                    gr.Slider(0, 0.5, value=0, step=0.01, label="Step cache", info=t("en", "step_cache_info"),
+                              elem_id="i2v-step-cache"),
+                    label="step_cache", info="step_cache_info",
+                )
             with gr.Row():
                 generate = translator.bind(gr.Button("Generate", variant="primary", elem_id="i2v-generate"),
                                            value="generate")
@@ -272,7 +277,8 @@ def build_i2v_tab(worker, settings, translator: Translator, lang_state: gr.State
     # --- the job --------------------------------------------------------------------------------------
 
     def run(image_path, last_path, model_id, preset_name, prompt_text, negative_text, res, asp, fit_mode, n_frames,
-            seconds, n_steps, cfg, flow_shift, seed_value, frame_rate, n_clips, lang, request: gr.Request):
+            seconds, n_steps, cfg, flow_shift, seed_value, frame_rate, n_clips, lang, step_cache_threshold=0.0,
+            request: gr.Request = None):
         lang = request_language(lang, request)
         try:  # no path from the API may leave the app's folders (Gradio already keeps them in its uploads)
             image_path, last_path = user_file(image_path, settings, "image"), user_file(last_path, settings, "last frame")
@@ -285,6 +291,7 @@ def build_i2v_tab(worker, settings, translator: Translator, lang_state: gr.State
             preset=preset_name or "", resolution=res or "", aspect=asp or "image", fit=fit_mode or "crop",
             frames=n_frames, duration_s=seconds or None, steps=n_steps, guidance=cfg, shift=flow_shift,
             seed=-1 if seed_value in (None, "") else seed_value, fps=frame_rate, clips=n_clips or 1,
+            step_cache=step_cache_threshold or 0.0,
         )
         try:
             i2v_request = validate_i2v(i2v_request, demo=demo)  # fail fast, before the queue
@@ -313,7 +320,7 @@ def build_i2v_tab(worker, settings, translator: Translator, lang_state: gr.State
     generated = generate.click(
         run,
         [image, last_image, model, preset, prompt, negative, resolution, aspect, fit, frames, duration, steps, guidance,
-         shift, seed, fps, clips, lang_state],
+         shift, seed, fps, clips, lang_state, step_cache],
         [status, job_id, preview, video, files, used_seed, recorded],
         api_name="i2v",
         concurrency_limit=32,  # handlers only wait on the GPU worker's own queue, which runs one job at a time

@@ -88,6 +88,11 @@ def build_t2v_tab(worker, settings, translator: Translator, lang_state: gr.State
                     seed = translator.bind(gr.Number(value=-1, precision=0, label="Seed"), label="seed")
                     fps = translator.bind(gr.Slider(4, 30, value=default_spec.fps, step=1, label="FPS"), label="fps")
                     clips = translator.bind(gr.Slider(1, 8, value=1, step=1, label="Clips"), label="clips")
+                step_cache = translator.bind(
+                    gr.Slider(0, 0.5, value=0, step=0.01, label="Step cache", info=t("en", "step_cache_info"),
+                              elem_id="t2v-step-cache"),
+                    label="step_cache", info="step_cache_info",
+                )
             with gr.Row():
                 generate = translator.bind(gr.Button("Generate", variant="primary", elem_id="t2v-generate"), value="generate")
                 stop = translator.bind(gr.Button("Stop", variant="stop", elem_id="t2v-stop"), value="stop")
@@ -131,12 +136,13 @@ def build_t2v_tab(worker, settings, translator: Translator, lang_state: gr.State
     # --- the job --------------------------------------------------------------------------------------
 
     def run(model_id, preset_name, prompt_text, negative_text, res, asp, n_frames, seconds, n_steps, cfg, flow_shift,
-            seed_value, frame_rate, n_clips, lang, request: gr.Request):
+            seed_value, frame_rate, n_clips, lang, step_cache_threshold=0.0, request: gr.Request = None):
         lang = request_language(lang, request)
         t2v_request = T2VRequest(
             prompt=prompt_text, negative_prompt=negative_text or "", model=model_id, preset=preset_name or "",
             resolution=res, aspect=asp, frames=n_frames, duration_s=seconds or None, steps=n_steps, guidance=cfg,
             shift=flow_shift, seed=-1 if seed_value in (None, "") else seed_value, fps=frame_rate, clips=n_clips,
+            step_cache=step_cache_threshold or 0.0,
         )
         try:
             t2v_request = validate_t2v(t2v_request, demo=demo)  # fail fast, before the queue
@@ -165,7 +171,7 @@ def build_t2v_tab(worker, settings, translator: Translator, lang_state: gr.State
     generate.click(
         run,
         [model, preset, prompt, negative, resolution, aspect, frames, duration, steps, guidance, shift, seed, fps, clips,
-         lang_state],
+         lang_state, step_cache],
         [status, job_id, preview, video, files, used_seed, recorded],
         api_name="t2v",
         concurrency_limit=32,  # handlers only wait on the GPU worker's own queue, which runs one job at a time
