@@ -22,15 +22,12 @@ from pipelines.registry import DEFAULT_MODEL, get_spec, models_for
 from pipelines.t2v import presets_for as t2v_presets_for
 
 from .i18n import Translator, error_text, request_language, t
+from .identity import check_owner, owner_of
 from .job_status import POLL_SECONDS, job_status
 
 KEPT_BATCHES = 50  # batches the tab remembers for its live tables and Stop all
 # Both tables (the check's four columns, the jobs' five) in one component; the jobs' output column is a link.
 TABLE_TYPES = ["number", "str", "str", "str", "markdown"]
-
-
-def _owner(request) -> str:
-    return getattr(request, "session_hash", "") or ""
 
 
 def task_choices(lang: str) -> list[tuple[str, str]]:
@@ -111,7 +108,7 @@ def jobs_table(lang: str, run: batches.BatchRun, labels: list[str], worker) -> d
 def build_batch_tab(worker, settings, translator: Translator, lang_state: gr.State) -> list:
     """Build the tab; returns ``(fn, inputs, outputs)`` hooks to run after a language change."""
     demo = settings.demo
-    runs: collections.OrderedDict[str, tuple[batches.BatchRun, list[str], str]] = collections.OrderedDict()
+    runs: collections.OrderedDict[str, tuple[batches.BatchRun, list[str]]] = collections.OrderedDict()
     runs_lock = threading.Lock()
     start_model = DEFAULT_MODEL["t2v"]
 
@@ -210,9 +207,9 @@ def build_batch_tab(worker, settings, translator: Translator, lang_state: gr.Sta
     inputs = [task, text, upload, model, preset, seed, policy, image, lang_state]
     check.click(check_rows, inputs, [status, table], api_name="batch_check", show_progress="minimal")
 
-    def remember(run: batches.BatchRun, labels: list[str], owner: str) -> None:
+    def remember(run: batches.BatchRun, labels: list[str]) -> None:
         with runs_lock:
-            runs[run.id] = (run, labels, owner)
+            runs[run.id] = (run, labels)
             while len(runs) > KEPT_BATCHES:
                 runs.popitem(last=False)
 
@@ -236,11 +233,11 @@ def build_batch_tab(worker, settings, translator: Translator, lang_state: gr.Sta
                 yield t(lang, "batch_checked_bad", bad=len(plan.errors), count=len(plan.rows)), \
                     check_table(lang, plan), "", None
                 raise batches.BatchError(plan.errors)
-            run = batches.submit_batch(worker, plan, owner=_owner(request))
+            run = batches.submit_batch(worker, plan, owner=owner_of(request))
         except RequestError as error:
             raise gr.Error(_error(lang, error))
         labels = [batches.describe_row(plan.task, row.request)[0] for row in plan.rows]
-        remember(run, labels, _owner(request))
+        remember(run, labels)
         yield progress_line(lang, run), jobs_table(lang, run, labels, worker), run.id, None
         while not run.wait(POLL_SECONDS * 4):
             yield progress_line(lang, run), jobs_table(lang, run, labels, worker), gr.skip(), gr.skip()
@@ -260,9 +257,13 @@ def build_batch_tab(worker, settings, translator: Translator, lang_state: gr.Sta
         lang = request_language(lang, request)
         with runs_lock:
             entry = runs.get(current_batch or "")
-        if entry is None or (entry[2] and entry[2] != _owner(request)):
+        if entry is None:
             return t(lang, "batch_none")
         run = entry[0]
+        try:
+            check_owner(run.jobs[0], request)  # with a login, only its own user stops a batch
+        except RequestError as error:
+            raise gr.Error(_error(lang, error))
         return t(lang, "batch_stopped", batch=run.id, count=run.cancel(worker))
 
     stop.click(stop_all, [batch_id, lang_state], [status], api_name="batch_cancel", queue=False)
