@@ -43,7 +43,11 @@ def resolve_user_path(value: object, settings: Settings, what: str = "file") -> 
     text = os.fspath(value) if isinstance(value, (str, os.PathLike)) else ""
     if not text.strip() or "\x00" in text:
         raise RequestError(f"The {what} path {text!r} is not a valid path.", key="path_invalid", value=repr(text)[:80])
-    path = Path(text).expanduser()
+    try:
+        path = Path(text).expanduser()
+    except (RuntimeError, KeyError):  # "~nobody/x": no such user, no home directory
+        raise RequestError(f"The {what} path {text!r} is not a valid path.", key="path_invalid",
+                           value=repr(text)[:80]) from None
     if not path.is_absolute():
         path = inputs_dir(settings) / path
     roots = allowed_roots(settings)
