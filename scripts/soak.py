@@ -107,7 +107,7 @@ def plan(count: int, inputs: dict[str, Path], folder: Path, seed: int) -> list[I
         ("t2v", "huge prompt", {"prompt_text": "a cat " * 20000}),
         ("t2v", "unknown model", {"model_id": "no-such-model"}),
         ("i2v", "corrupt image", {"image": "corrupt_image"}),
-        ("i2v", "path outside the app", {"image": "/etc/passwd"}),
+        ("i2v", "path outside the app", {"image": "outside"}),
         ("asr", "corrupt audio", {"audio": "corrupt_audio"}),
         ("asr", "absurd line length", {"max_line_chars": -1}),
     ]
@@ -261,8 +261,10 @@ class Soak:
                 result = client.predict(**{**T2V, **params}, api_name="/t2v")
             elif item.kind == "i2v":
                 image = params.pop("image")
-                path = str(self.inputs[image]) if image in self.inputs else image
-                file = handle_file(path) if Path(path).is_file() and not path.startswith("/etc") else {"path": path}
+                if image == "outside":  # a file of the app's own, named by path instead of uploaded
+                    file = {"path": str(ROOT / "app.py"), "meta": {"_type": "gradio.FileData"}}
+                else:
+                    file = handle_file(str(self.inputs[image]))
                 result = client.predict(image_path=file, **{**I2V, **params}, api_name="/i2v")
             else:
                 audio = params.pop("audio")
