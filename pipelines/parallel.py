@@ -18,6 +18,11 @@ a CUDA GPU in bf16/fp16); where neither fits, Ulysses with padded heads (diffuse
 A clip whose token count does not divide by N uses diffusers' uneven ("anything") split on NCCL; gloo
 (CPU processes) cannot gather uneven pieces, so there such a clip is refused with the sizes that work.
 
+The ranks load through the app's own loader, so what it does at load (memory level, attention kernel,
+fused projections, compilation) applies on every rank. The fast path's per-job parts (prompt-embedding
+cache, batched guidance, step cache, the out-of-memory ladder) belong to the local path and do not run
+across ranks yet; a job that asks for the step cache gets a note.
+
 Other models, a machine with fewer GPUs than N, and benchmark runs with random weights run on one GPU as
 before, with a line in the log and a note on the job. On a machine without a GPU, ``--parallel N`` runs N
 CPU processes over gloo: that checks the machinery end to end (the tests do), it is not faster.
@@ -116,6 +121,9 @@ def ring_available(device_kind: str, dtype: str) -> bool:
 _CP_KERNELS = {"flash": "flash", "sage": "sage", "cudnn": "_native_cudnn"}
 
 
+_APP_KERNELS = {"native": "sdpa", **{backend: name for name, backend in _CP_KERNELS.items()}}
+
+
 def cp_backend(kind: str, attention: str) -> str:
     """diffusers' attention backend for a context-parallel run: the app's kernel where diffusers supports
     context parallelism with it, else PyTorch SDPA for Ulysses and PyTorch's flash kernel for ring."""
@@ -179,9 +187,17 @@ class ParallelPipeline:
                                  first["patch_size"])
         uneven = tokens % self.world != 0
         if uneven and self.backend == "gloo":
+            def fits(count):
+                return sequence_tokens(count, height, width, first["vae_scale_temporal"], first["vae_scale_spatial"],
+                                       first["patch_size"]) % self.world == 0
+
+            nearest = sorted((f for f in range(max(1, frames - 32), frames + 33) if (f - 1) % 4 == 0 and fits(f)),
+                             key=lambda f: abs(f - frames))[:2]
+            hint = (f"{' or '.join(str(f) for f in sorted(nearest))} frames work at this size"
+                    if nearest else "no frame count near it works at this size: choose another aspect ratio")
             raise RequestError(
-                f"On CPU processes (gloo) a clip's {tokens} tokens must divide by --parallel {self.world}: gloo cannot "
-                f"gather uneven pieces. Choose another frame count or aspect ratio (16:9 works at every size).",
+                f"On CPU processes (gloo) a clip's tokens must divide by --parallel {self.world}, and {frames} frames "
+                f"at {width}x{height} make {tokens}: gloo cannot gather uneven pieces. {hint[0].upper()}{hint[1:]}.",
                 key="parallel_uneven", tokens=tokens, world=self.world,
             )
         return tokens, uneven
@@ -257,9 +273,10 @@ def load_parallel_model(spec, settings, device: str, dtype: str):
     logger.info("Loaded %s on %d ranks (%s) in %.1f s: context parallel %s, %s, attention %s, %.2f GiB per rank",
                 spec.title, world, ", ".join(info["device"] for info in infos), seconds, pipe.mode.label,
                 first["backend"], first["cp_attention"], first["n_bytes"] / 2**30)
+    # The kernel the ranks really use, in the app's words where it has one (sidecar, status strip).
+    attention = _APP_KERNELS.get(first["cp_attention"], first["cp_attention"])
     return LoadedModel(spec=spec, pipe=pipe, source=first["source"], revision=first["revision"],
-                       n_bytes=first["n_bytes"], load_seconds=seconds, attention=first["attention"], device=device,
-                       dtype=dtype)
+                       n_bytes=first["n_bytes"], load_seconds=seconds, attention=attention, device=device, dtype=dtype)
 
 
 # --- a job ------------------------------------------------------------------------------------------
@@ -285,6 +302,8 @@ def run_parallel(task: str, job, ctx, request, spec, image=None, last=None) -> d
     if not loaded_now:
         logger.info("Job %s: %s already resident on %d ranks, not reloaded", job.id, spec.title, runner.world)
     tokens, uneven = runner.split(request.frames, request.height, request.width)
+    if getattr(request, "step_cache", 0):
+        ctx.note("The step cache does not run across ranks yet: this clip is made without it.")
     use_guidance = request.guidance > 1.0
     inputs: dict[str, Any] = {}
     if task == "i2v":
