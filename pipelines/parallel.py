@@ -154,6 +154,9 @@ def plan(settings, spec, device: str) -> tuple[int, str]:
     if device.startswith("cuda"):
         import torch
 
+        if not torch.distributed.is_available() or not torch.distributed.is_nccl_available():
+            return 1, (f"--parallel {wanted} needs NCCL, which this PyTorch build lacks (Windows builds have none); "
+                       f"{spec.title} runs on one GPU.")
         count = torch.cuda.device_count()
         if count < wanted:
             return 1, f"--parallel {wanted} asks for {wanted} GPUs but this machine has {count}; {spec.title} runs on one GPU."
