@@ -81,6 +81,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     gpu.add_argument("--parallel", type=int, default=1, metavar="N",
                      help="run one Wan clip across N GPUs of this machine (context parallelism); other models: one GPU")
     gpu.add_argument("--preload", default="", help=f"load these tasks' default models at start: {','.join(TASKS)}")
+    gpu.add_argument("--cluster", default="", metavar="auto|ADDRESS",
+                     help="run the jobs on a Ray cluster, one worker per GPU: auto (the cluster this machine is in, "
+                          "else a new one on this machine) or a Ray address, e.g. 10.0.0.1:6379 (docs/cluster.md)")
     parser.add_argument("--demo", action="store_true",
                         help="tiny random models built locally: the whole app runs with no weights and no network")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -108,6 +111,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         preload=preload,
         demo=args.demo,
         parallel=args.parallel,
+        cluster=args.cluster,
     )
 
 
@@ -213,8 +217,18 @@ def main(argv: list[str] | None = None) -> int:
 
     if swept := sweep_partials(settings.outputs_dir):
         logger.info("Removed %d unfinished file(s) left by an earlier crash", swept)
-    worker = GPUWorker(settings, store=JobStore(settings.jobs_db))
-    worker.start()
+    if settings.cluster:  # one queue over the GPUs of a Ray cluster (pipelines/cluster.py)
+        from pipelines.cluster import ClusterError, RayExecutor
+
+        worker = RayExecutor(settings, store=JobStore(settings.jobs_db))
+        try:
+            worker.start()
+        except ClusterError as error:
+            logger.error("%s", error)
+            return 2
+    else:
+        worker = GPUWorker(settings, store=JobStore(settings.jobs_db))
+        worker.start()
     if settings.preload:
         worker.preload(settings.preload)
     controller = AppController()

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .jobs import Job, JobState, RequestError
+from .jobs import Job, JobState, Progress, RequestError
 from .store import MAX_ATTEMPTS, JobStore, StoredJob
 
 logger = logging.getLogger(__name__)
@@ -154,6 +154,30 @@ class JobQueue:
             self.store.requeue(job)
         else:
             self._save(job)
+
+    def requeue(self, job: Job, why: str, counts: bool = True) -> bool:
+        """An executor lost ``job`` while it ran (a cluster worker died, ``pipelines/cluster.py``): queued
+        again at the head, in memory and on disk, while it has started fewer than ``MAX_ATTEMPTS`` times;
+        failed after that. ``counts=False``: the job never reached the worker, so this start is not counted.
+        True when it is queued again."""
+        if not counts:
+            job.attempts = max(0, job.attempts - 1)
+        if job.attempts >= MAX_ATTEMPTS:
+            self.mark_finished(job, state=JobState.FAILED, error_key="worker_lost",
+                               error=f"{why} It had been started {job.attempts} times; not started again. "
+                               "Check the log, then submit it again.")
+            return False
+        with self.lock:
+            if self._closed:  # the app is stopping: it runs after the restart, as any interrupted job
+                self.mark_interrupted(job, why)
+                return False
+            job.update(state=JobState.QUEUED, started=None, progress=Progress(), preview=None,
+                       notes=[*job.notes, f"{why} Queued again."])
+            if self._stored(job):
+                self.store.requeue(job)
+            self._pending.appendleft(job)
+            self.lock.notify_all()
+        return True
 
     # --- inside ---------------------------------------------------------------------------------
 

@@ -44,11 +44,14 @@ class Settings:
     fp8: bool = False  # fp8 weight storage (layer-wise casting): changes the output
     asr_static_cache: bool = False  # Whisper sequential decoding with a static KV cache (compiled on CUDA)
     parallel: int = 1  # one Wan clip across this many GPUs (context parallelism, pipelines/parallel.py)
+    # Run jobs on a Ray cluster instead of this machine's GPU: "auto" or a Ray address (pipelines/cluster.py).
+    cluster: str = ""
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.outputs_dir = Path(self.outputs_dir)
         self.data_dir = Path(self.data_dir)
+        self.cluster = (self.cluster or "").strip()
         for name, value, allowed in (
             ("device", self.device, DEVICES),
             ("dtype", self.dtype, DTYPES),

@@ -201,7 +201,12 @@ class GPUWorker:
             self._lock.notify_all()
         return future
 
-    def _run(self) -> None:
+    def setup(self) -> None:
+        """Set up the device and the resident models' manager; the calling thread then owns the device.
+
+        The worker thread does this first; a cluster worker (``pipelines/cluster_worker.py``) calls it, then
+        ``run_job`` and ``control`` itself, one at a time, instead of starting the thread.
+        """
         try:
             self._init_device()
         except Exception:  # never leave the app without a worker: fall back to the CPU
@@ -210,6 +215,26 @@ class GPUWorker:
         self.models = ModelManager(self._load_model, self.device, self._budget_bytes(), self._estimate_bytes)
         self._refresh_status()
         self._ready.set()
+
+    def run_job(self, job: Job) -> None:
+        """Run ``job`` now on the calling thread (after ``setup``), as the worker thread runs queued jobs."""
+        with self._lock:
+            self._current = job
+        try:
+            self._run_job(job)
+        finally:
+            with self._lock:
+                self._current = None
+            self._refresh_status()
+
+    def control(self, kind: str, payload: Any = None) -> Any:
+        """Handle one control message ("release", "call", "preload") now on the calling thread; its result."""
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        self._handle_control(kind, payload, future)
+        return future.result()
+
+    def _run(self) -> None:
+        self.setup()
         while True:
             with self._lock:
                 self._lock.wait_for(lambda: self._stopping or self._controls or len(self.queue), timeout=2.0)

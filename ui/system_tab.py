@@ -11,8 +11,9 @@ from pathlib import Path
 import gradio as gr
 
 from pipelines.benchmark import run_benchmark, standard_workloads, write_report
+from pipelines.jobs import RequestError
 
-from .i18n import Translator, request_language, t
+from .i18n import Translator, error_text, normalise_language, request_language, t
 
 # After Restart: wait for the server to go away and come back, then reload the page.
 RECONNECT_JS = """
@@ -75,6 +76,8 @@ def build_system_tab(worker, settings, controller, translator: Translator, lang_
             restart = translator.bind(gr.Button("Restart app", variant="stop", elem_id="cs-restart"), value="restart")
             translator.bind(gr.Markdown(t("en", "restart_info")), value="restart_info")
     result = gr.Markdown(elem_id="cs-system-result")
+    if callable(getattr(worker, "restart_worker", None)):  # --cluster: the Ray cluster's workers
+        build_workers_section(worker, translator, lang_state, result)
     with gr.Row():
         with gr.Column():
             run_doctor = translator.bind(gr.Button("Run checks", elem_id="cs-doctor"), value="doctor_run")
@@ -165,3 +168,116 @@ def build_system_tab(worker, settings, controller, translator: Translator, lang_
         None, None, None, js=RECONNECT_JS
     )
     return describe, info
+
+
+# --- the cluster's workers (app.py --cluster; pipelines/cluster.py) -------------------------------------
+
+CLUSTER_STRINGS = {
+    "en": {
+        "cluster_title": "### Cluster workers\nOne worker per GPU of the Ray cluster `{address}`. Each keeps its "
+        "models resident and takes jobs from the one queue, preferring jobs for a model it already holds.",
+        "cluster_worker": "Worker",
+        "cluster_all": "All workers",
+        "cluster_release": "Release VRAM",
+        "cluster_restart": "Restart worker",
+        "cluster_info": "Release VRAM waits for the worker's running job to end. Restart stops the worker at once; "
+        "the job it was running is queued again (once).",
+        "cluster_restarted": "Restarting {workers}; a job one of them was running is queued again.",
+        "cluster_none": "No worker to restart.",
+        "cluster_col_worker": "Worker",
+        "cluster_col_host": "Host",
+        "cluster_col_gpu": "GPU",
+        "cluster_col_vram": "VRAM",
+        "cluster_col_models": "Resident models",
+        "cluster_col_job": "Current job",
+        "cluster_col_state": "State",
+        "cluster_col_done": "Jobs done",
+        "cluster_col_restarts": "Restarts",
+    },
+    "zh": {
+        "cluster_title": "### 集群工作进程\nRay 集群 `{address}` 的每块 GPU 一个工作进程。每个进程让模型常驻显存，"
+        "从同一个队列取任务，优先取它已加载模型的任务。",
+        "cluster_worker": "工作进程",
+        "cluster_all": "全部工作进程",
+        "cluster_release": "释放显存",
+        "cluster_restart": "重启工作进程",
+        "cluster_info": "释放显存会等该进程当前的任务结束。重启会立即停止该进程；"
+        "它正在运行的任务会重新排队（仅一次）。",
+        "cluster_restarted": "正在重启 {workers}；其中正在运行的任务会重新排队。",
+        "cluster_none": "没有可重启的工作进程。",
+        "cluster_col_worker": "工作进程",
+        "cluster_col_host": "主机",
+        "cluster_col_gpu": "GPU",
+        "cluster_col_vram": "显存",
+        "cluster_col_models": "常驻模型",
+        "cluster_col_job": "当前任务",
+        "cluster_col_state": "状态",
+        "cluster_col_done": "已完成任务",
+        "cluster_col_restarts": "重启次数",
+    },
+}
+WORKER_COLUMNS = ("worker", "host", "gpu", "vram", "models", "job", "state", "done", "restarts")
+WORKERS_REFRESH_SECONDS = 2.0
+
+
+def _add_cluster_strings() -> None:
+    from .i18n import STRINGS
+
+    for lang, texts in CLUSTER_STRINGS.items():
+        for key, text in texts.items():
+            STRINGS[lang].setdefault(key, text)
+
+
+def workers_table(lang: str, rows: list[dict]) -> dict:
+    """The workers' table for ``gr.Dataframe``: translated headers, one row per worker."""
+    data = [[r["worker"], r["host"], r["gpu"], r["vram"], r["resident"], r["job"],
+             r["state"] + (f": {r['problem']}" if r["problem"] else ""), r["jobs_done"], r["restarts"]] for r in rows]
+    return {"headers": [t(lang, f"cluster_col_{column}") for column in WORKER_COLUMNS], "data": data}
+
+
+def build_workers_section(worker, translator: Translator, lang_state: gr.State, result: gr.Markdown) -> None:
+    """The workers' table (host, GPU, VRAM, resident models, current job, state), and Release VRAM / Restart
+    for all of them or one."""
+    _add_cluster_strings()
+    translator.bind(gr.Markdown(t("en", "cluster_title", address=worker.address)),
+                    value=("cluster_title", {"address": worker.address}))
+    table = gr.Dataframe(workers_table("en", worker.workers()), interactive=False, wrap=True, elem_id="cs-workers")
+    with gr.Row():
+        names = [row["worker"] for row in worker.workers()]
+        choice = translator.bind(
+            gr.Dropdown([(t("en", "cluster_all"), "")] + [(name, name) for name in names], value="",
+                        label="Worker", elem_id="cs-worker-choice"),
+            label="cluster_worker")
+        release_one = translator.bind(gr.Button("Release VRAM", elem_id="cs-worker-release"), value="cluster_release")
+        restart_one = translator.bind(gr.Button("Restart worker", variant="stop", elem_id="cs-worker-restart"),
+                                      value="cluster_restart")
+    translator.bind(gr.Markdown(t("en", "cluster_info")), value="cluster_info")
+
+    shown = gr.State(("en", tuple(names)))  # the choices' language and workers, to update them only on a change
+
+    def refresh(lang: str, seen: tuple):
+        lang, rows = normalise_language(lang), worker.workers()
+        now = (lang, tuple(row["worker"] for row in rows))  # workers are added when GPUs join the cluster
+        choices = gr.skip() if tuple(seen) == now else gr.update(
+            choices=[(t(lang, "cluster_all"), "")] + [(name, name) for name in now[1]])
+        return workers_table(lang, rows), choices, now
+
+    def on_release(name: str, lang: str, request: gr.Request):
+        lang = request_language(lang, request)
+        try:
+            report = worker.release_vram(timeout=3600, worker=name or None)
+        except RequestError as error:
+            raise gr.Error(error_text(lang, error.key, error.params, str(error)))
+        return release_message(lang, report), workers_table(lang, worker.workers())
+
+    def on_restart(name: str, lang: str, request: gr.Request):
+        lang = request_language(lang, request)
+        restarted = worker.restart_worker(name or None)
+        message = t(lang, "cluster_restarted", workers=", ".join(restarted)) if restarted else t(lang, "cluster_none")
+        return message, workers_table(lang, worker.workers())
+
+    gr.Timer(WORKERS_REFRESH_SECONDS).tick(refresh, [lang_state, shown], [table, choice, shown],
+                                           api_visibility="private", show_progress="hidden", queue=False)
+    release_one.click(on_release, [choice, lang_state], [result, table], api_name="release_worker",
+                      concurrency_limit=4, concurrency_id="control")
+    restart_one.click(on_restart, [choice, lang_state], [result, table], api_name="restart_worker", queue=False)
