@@ -16,8 +16,9 @@ if ! "$VPY" -c "import torch" >/dev/null 2>&1; then
   echo "[test] installing torch==2.13.0"
   "$VPY" -m pip install --disable-pip-version-check "torch==2.13.0"
 fi
-echo "[test] installing requirements"
-"$VPY" -m pip install --disable-pip-version-check -q -r requirements.txt -r requirements-dev.txt -c constraints-ci.txt
+echo "[test] installing requirements (and Ray, optional for the app, for tests/test_cluster.py)"
+"$VPY" -m pip install --disable-pip-version-check -q -r requirements.txt -r requirements-dev.txt \
+  -r requirements-cluster.txt -c constraints-ci.txt
 
 echo "[test] running pytest"
 exec "$VPY" -m pytest "$@"
