@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 import wave
+import zipfile
 from pathlib import Path
 
 import gradio as gr
@@ -235,24 +236,32 @@ def test_no_parameter_reaches_a_file_outside_the_app(locked_app):
 
 
 def test_each_user_sees_only_their_own_jobs_and_their_file_names_are_made_safe(locked_app):
-    """ana's upload is called ``../../我的 录音;rm -rf ~.wav``; her outputs land in the outputs folder with a
-    plain name, her sidecar says the job is hers, and her history holds it while bo's does not (and the
-    other way round)."""
+    """ana's uploads are called ``../../我的 录音;rm -rf ~.wav`` and ``..\\..\\a:b*c?.wav``: her outputs and the
+    names inside her zip are plain names in the outputs folder, her sidecars say the job is hers, and her
+    history holds it while bo's does not (and the other way round)."""
+    names = {"ana": ["../../我的 录音;rm -rf ~.wav", "..\\..\\a:b*c?.wav"], "bo": ["..\\bo's take.wav"]}
+    plain = re.compile(r"\d{6}_asr_[\w.-]+\.(txt|srt|vtt|json)")
     results = {}
-    for user, name in (("ana", "../../我的 录音;rm -rf ~.wav"), ("bo", "..\\bo's take.wav")):
+    for user, uploads in names.items():
         client = session(locked_app, user)
-        event, outputs = call(client, "asr", asr_data([upload(client, name, silent_wav())]))
+        event, outputs = call(client, "asr", asr_data([upload(client, name, silent_wav()) for name in uploads]))
         assert event == "complete", outputs
         sidecar = json.loads(outputs[-1])
         assert sidecar["runtime"]["owner"] == user
         folder = locked_app.outputs / sidecar["created"][:10]
-        for written in sidecar["outputs"].values():
-            assert re.fullmatch(r"\d{6}_asr_[\w.-]+\.(txt|srt|vtt|json)", written), written
-            assert (folder / written).is_file()
-        results[user] = set(sidecar["outputs"].values())
-    written = list(locked_app.outputs.parent.rglob("*录音*"))  # anywhere in the app's folder
-    uploads = locked_app.data / "tmp"  # her upload, and the copies Gradio serves for download
-    assert written and all(p.parent.parent in (locked_app.outputs, uploads) for p in written), written
+        downloads = [Path(f["path"]) for f in outputs[-2]]
+        written = {p.name for p in downloads if p.suffix != ".zip"}
+        assert len(written) == 4 * len(uploads)
+        for name in written:
+            assert plain.fullmatch(name) and (folder / name).is_file(), name
+        zips = [p for p in downloads if p.suffix == ".zip"]
+        if len(uploads) > 1:
+            with zipfile.ZipFile(zips[0]) as archive:
+                assert set(archive.namelist()) == written
+        results[user] = written
+    found = list(locked_app.outputs.parent.rglob("*录音*"))  # anywhere in the app's folder
+    uploaded = locked_app.data / "tmp"  # her upload, and the copies Gradio serves for download
+    assert found and all(p.parent.parent in (locked_app.outputs, uploaded) for p in found), found
     for user, other in (("ana", "bo"), ("bo", "ana")):
         history = Client(locked_app.url, auth=(user, PASSWORDS[user]), verbose=False).predict(
             task="asr", state="", api_name="/history_list")
