@@ -337,3 +337,17 @@ def test_a_bad_upload_limit_is_refused_at_start(tmp_path):
                             cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "--max-upload-mb" in result.stderr
     assert app_module.parse_args([]).max_upload_mb == app_module.DEFAULT_MAX_UPLOAD_MB == 2048
+
+
+def test_status_hides_the_details_of_another_users_running_job():
+    from pipelines.jobs import Job
+    from ui.identity import sees_job, visible_status
+
+    job = Job(task="t2v", request=None, owner="ana", notes=["a private prompt note"])
+    job.update(state=JobState.RUNNING)
+    status = {"queue": 1, "current": job.snapshot()}
+    for_bo = visible_status(status, job, gr.Request(username="bo"))
+    assert for_bo["current"]["id"] == "" and "notes" not in for_bo["current"] and for_bo["current"]["state"] == "running"
+    assert visible_status(status, job, gr.Request(username="ana"))["current"]["id"] == job.id
+    assert visible_status(status, job, gr.Request(session_hash="s1"))["current"]["id"] == job.id  # no login: one studio
+    assert not sees_job(job, gr.Request(username="bo")) and sees_job(None, gr.Request(username="bo"))

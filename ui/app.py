@@ -8,6 +8,7 @@ from .asr_tab import build_asr_tab
 from .batch_tab import build_batch_tab
 from .i18n import LANGUAGES, STRINGS, Translator, normalise_language, t
 from .history_tab import build_history_tab
+from .identity import visible_status
 from .i2v_tab import build_i2v_tab
 from .live_panel import build_live_panel, status_strip
 from .system_tab import build_system_tab
@@ -103,9 +104,9 @@ def build_demo(worker, settings, controller, log_buffer=None) -> gr.Blocks:
         demo.load(lambda lang: normalise_language(lang), [language], [language], js=LANGUAGE_JS,
                   api_visibility="private", queue=False)
         demo.load(describe, None, info, api_visibility="private", queue=False)
-        def status() -> dict:
-            """Device, memory, resident models, queue length and the running job."""
-            return worker.status()
+        def status(request: gr.Request) -> dict:
+            """Device, memory, resident models, queue length and the running job (another user's: no details)."""
+            return visible_status(worker.status(), worker.current_job(), request)
 
         gr.api(status, api_name="status")
     return demo

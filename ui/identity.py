@@ -42,6 +42,22 @@ def check_owner(job, request) -> None:
                            key="not_your_job")
 
 
+def sees_job(job, request) -> bool:
+    """Whether the viewer behind ``request`` may see ``job``'s id, notes and preview (always without a login)."""
+    username = getattr(request, "username", None)
+    return job is None or not username or job.owner == str(username)
+
+
+def visible_status(status: dict, job, request) -> dict:
+    """``worker.status()`` for this viewer: another user's running job shows as busy, without its details."""
+    current = status.get("current")
+    if current and not sees_job(job, request):
+        current = {key: current.get(key) for key in ("task", "state", "stage", "step", "total", "clip", "clips",
+                                                     "it_per_s", "eta_s")} | {"id": "", "other_user": True}
+        return {**status, "current": current}
+    return status
+
+
 def cancel_own_job(worker, job_id: str, request) -> bool:
     """Stop job ``job_id`` for the user behind ``request``: False when there is no such unfinished job,
     ``RequestError`` when it is another user's."""

@@ -7,6 +7,7 @@ import html
 import gradio as gr
 
 from .i18n import Translator, t
+from .identity import sees_job, visible_status
 
 REFRESH_SECONDS = 1.0
 LOG_LINES = 300
@@ -75,14 +76,14 @@ def build_live_panel(worker, log_buffer, translator: Translator, lang_state: gr.
     seen = gr.State({"log": -1, "preview": None})
     timer = gr.Timer(REFRESH_SECONDS)
 
-    def refresh(lang: str, state: dict):
-        status = worker.status()
+    def refresh(lang: str, state: dict, request: gr.Request):
         current_job = worker.current_job()
+        status = visible_status(worker.status(), current_job, request)
         log_update = gr.skip()
         if log_buffer is not None and log_buffer.sequence != state.get("log"):
             state = {**state, "log": log_buffer.sequence}
             log_update = "\n".join(log_buffer.tail(LOG_LINES))
-        picture = current_job.preview if current_job is not None else None
+        picture = current_job.preview if current_job is not None and sees_job(current_job, request) else None
         preview_update, shown = live_preview(picture, state.get("preview"))
         state = {**state, "preview": shown}
         return status_strip(lang, status), progress_html(lang, status.get("current")), preview_update, log_update, state
