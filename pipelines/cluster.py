@@ -150,6 +150,9 @@ class RayExecutor:
         if self.slots:
             return
         ray = self._connect()
+        # Ray builds its serializers at the first use, importing pydantic.v1 as it goes; done first in the
+        # workers' threads, while the page is built on this one, the two imports collide (KeyError).
+        ray.put(None)
         self._write_markers()
         self.queue.restore(self._outputs_complete)
         gpus = int(ray.cluster_resources().get("GPU", 0))
@@ -273,6 +276,8 @@ class RayExecutor:
                 if slot.actor is not None:
                     self._kill(slot.actor)
             self._lock.notify_all()
+        if names:
+            logger.info("Restarting cluster worker(s) %s", ", ".join(names))
         return names
 
     def status(self) -> dict:
@@ -429,7 +434,8 @@ class RayExecutor:
             slot.failures += 1
             pause = min(60.0, 2.0 ** slot.failures)
             slot.problem = f"Could not start: {_short(error)} (trying again in {pause:.0f} s)"
-            logger.error("Cluster worker %s could not start: %s", slot.name, error)
+            logger.error("Cluster worker %s could not start: %s", slot.name, _short(error),
+                         exc_info=slot.failures == 1)  # the whole story once, not at every try
             if slot.actor is not None:
                 self._kill(slot.actor)
             slot.actor, slot.state = None, "restarting"

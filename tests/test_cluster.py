@@ -16,21 +16,25 @@ from pathlib import Path
 
 import pytest
 
+from pipelines.jobs import JobState
+from pipelines.settings import Settings
+from pipelines.t2v import T2VRequest
 from tests.conftest import free_port, start_app, stop_app
 
 try:
     import ray
 except ImportError:
-    if os.environ.get("CINESCRIBE_REQUIRE_RAY"):
+    if os.environ.get("CINESCRIBE_REQUIRE_RAY"):  # CI: the cluster tests must run
         raise
-    pytest.skip("Ray is not installed (pip install -r requirements-cluster.txt); the cluster tests need it",
-                allow_module_level=True)
+    ray = None
 
-from pipelines.jobs import JobState  # noqa: E402
-from pipelines.settings import Settings  # noqa: E402
-from pipelines.t2v import T2VRequest  # noqa: E402
 
-pytestmark = pytest.mark.timeout(900)
+def needs_ray(test):
+    """A test on the local Ray cluster (the others here, on the flag, texts and choice of jobs, need no Ray)."""
+    skip = pytest.mark.skipif(ray is None, reason="Ray is not installed (pip install -r requirements-cluster.txt)")
+    return pytest.mark.timeout(900)(skip(test))
+
+
 WORKER_START_S = 300  # a worker process imports torch and diffusers: slow on a busy CPU-only machine
 PAGE_T2V = dict(
     model_id="wan2.1-t2v-1.3b", preset_name="Preview", prompt_text="a cat walking", negative_text="", res="240p",
@@ -125,6 +129,7 @@ def page(executor):
     demo.close()
 
 
+@needs_ray
 def test_jobs_from_the_page_are_spread_over_both_workers_with_their_progress(page, executor):
     url, client = page
     from gradio_client import Client
@@ -151,6 +156,7 @@ def test_jobs_from_the_page_are_spread_over_both_workers_with_their_progress(pag
     assert {"w0", "w1"} <= set(next(m for m in status["resident"] if m["id"] == "wan2.1-t2v-1.3b")["workers"])
 
 
+@needs_ray
 def test_a_model_resident_on_a_worker_is_reused_there(executor):
     executor.release_vram(timeout=120)
     assert all(not slot.resident_ids() for slot in executor.slots)
@@ -168,6 +174,7 @@ def test_a_model_resident_on_a_worker_is_reused_there(executor):
     assert all(not slot.resident_ids() for name, slot in slots.items() if name != holder["name"])
 
 
+@needs_ray
 def test_cancel_stops_a_running_job_at_its_next_step(executor):
     job = executor.submit("t2v", request(steps=40, seed=21))
     wait_running(job)
@@ -182,6 +189,7 @@ def test_cancel_stops_a_running_job_at_its_next_step(executor):
     assert after.state == JobState.DONE and ran_on(after)["name"] == slot.name  # the same worker goes on
 
 
+@needs_ray
 def test_a_killed_worker_has_its_job_queued_again_once_and_is_started_again(executor):
     job = executor.submit("t2v", request(steps=40, seed=31))
     wait_running(job)
@@ -211,6 +219,7 @@ def test_a_killed_worker_has_its_job_queued_again_once_and_is_started_again(exec
     wait_until(lambda: all_ready(executor), WORKER_START_S, "both workers started again")
 
 
+@needs_ray
 def test_release_and_restart_one_worker_from_the_system_tab(page, executor):
     _, client = page
     wait_finished(executor.submit("t2v", request(seed=41)))
@@ -229,6 +238,7 @@ def test_release_and_restart_one_worker_from_the_system_tab(page, executor):
     assert wait_finished(executor.submit("t2v", request(seed=42))).state == JobState.DONE
 
 
+@needs_ray
 def test_the_app_runs_its_jobs_on_the_cluster_given_by_the_flag(cluster, executor, tmp_path, data_dir):
     executor.stop()  # frees the two logical GPUs for the app's own workers
     app = start_app(tmp_path, data_dir, "--cluster", cluster)
@@ -247,3 +257,67 @@ def test_the_app_runs_its_jobs_on_the_cluster_given_by_the_flag(cluster, executo
     log = (app.data / "logs" / "cinescribe.log").read_text(encoding="utf-8")
     assert "Cluster worker w0 ready" in log and "[w" in log  # the workers' own lines reach the app's log
 
+
+
+# --- without Ray: the flag, the texts, which job a worker takes ------------------------------------------
+
+
+def test_the_cluster_flag_reaches_the_settings():
+    import app
+
+    assert app.settings_from_args(app.parse_args([])).cluster == ""
+    assert app.settings_from_args(app.parse_args(["--cluster", "auto"])).cluster == "auto"
+    assert app.settings_from_args(app.parse_args(["--cluster", " 10.0.0.5:6379 "])).cluster == "10.0.0.5:6379"
+
+
+def test_the_workers_texts_exist_in_both_languages():
+    import string
+
+    from ui.system_tab import CLUSTER_STRINGS, WORKER_COLUMNS
+
+    english, chinese = CLUSTER_STRINGS["en"], CLUSTER_STRINGS["zh"]
+    assert set(english) == set(chinese)
+    assert {f"cluster_col_{column}" for column in WORKER_COLUMNS} <= set(english)
+    for key, text in english.items():
+        fields = {f for _, f, _, _ in string.Formatter().parse(text) if f}
+        assert fields == {f for _, f, _, _ in string.Formatter().parse(chinese[key]) if f}, key
+
+
+def choosing(tmp_path):
+    """An executor that is not started (no Ray needed), with two ready workers and nothing resident."""
+    from pipelines.cluster import RayExecutor, WorkerSlot
+
+    executor = RayExecutor(Settings(outputs_dir=tmp_path / "outputs", data_dir=tmp_path / "data", demo=True,
+                                    cluster="auto"))
+    executor.slots = [WorkerSlot(index=0, name="w0", state="ready"), WorkerSlot(index=1, name="w1", state="ready")]
+    return executor, executor.slots
+
+
+def hold(slot, *models: str) -> None:
+    slot.status = {"resident": [{"id": model} for model in models]}
+
+
+def test_a_worker_takes_jobs_for_its_resident_model_first_but_no_job_waits_forever(tmp_path):
+    from pipelines.cluster import MAX_SKIPS
+
+    executor, (w0, _) = choosing(tmp_path)
+    hold(w0, "wan2.1-t2v-1.3b")
+    other = executor.submit("t2v", request(model="wan2.1-t2v-14b"))
+    mine = [executor.submit("t2v", request(seed=n)) for n in range(MAX_SKIPS + 1)]
+    taken = [executor._choose(w0) for _ in range(MAX_SKIPS)]
+    assert taken == mine[:MAX_SKIPS]  # the head (another model) passed over each time
+    assert executor._choose(w0) is other  # ... but no more than MAX_SKIPS times
+    assert executor._choose(w0) is mine[-1]
+    assert executor._choose(w0) is None
+
+
+def test_a_free_worker_leaves_a_job_to_the_free_worker_that_holds_its_model(tmp_path):
+    executor, (w0, w1) = choosing(tmp_path)
+    hold(w1, "whisper-large-v3")
+    asr = executor.submit("asr", {"files": []})  # a task's default model when the request names none
+    t2v = executor.submit("t2v", request())
+    assert executor._choose(w0) is t2v  # w1 is free and holds Whisper: the ASR job is its
+    assert executor._choose(w1) is asr
+    late = executor.submit("asr", {"files": []})
+    w1.current = asr  # w1 busy now: w0 takes the job rather than leave its GPU idle
+    assert executor._choose(w0) is late

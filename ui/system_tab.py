@@ -182,7 +182,7 @@ CLUSTER_STRINGS = {
         "cluster_restart": "Restart worker",
         "cluster_info": "Release VRAM waits for the worker's running job to end. Restart stops the worker at once; "
         "the job it was running is queued again (once).",
-        "cluster_restarted": "Restarting {workers}; a job one of them was running is queued again.",
+        "cluster_restarted": "Restarting {workers}; a job that was running there is queued again (once).",
         "cluster_none": "No worker to restart.",
         "cluster_col_worker": "Worker",
         "cluster_col_host": "Host",
@@ -203,7 +203,7 @@ CLUSTER_STRINGS = {
         "cluster_restart": "重启工作进程",
         "cluster_info": "释放显存会等该进程当前的任务结束。重启会立即停止该进程；"
         "它正在运行的任务会重新排队（仅一次）。",
-        "cluster_restarted": "正在重启 {workers}；其中正在运行的任务会重新排队。",
+        "cluster_restarted": "正在重启 {workers}；其上正在运行的任务会重新排队（仅一次）。",
         "cluster_none": "没有可重启的工作进程。",
         "cluster_col_worker": "工作进程",
         "cluster_col_host": "主机",
