@@ -214,13 +214,17 @@ def needs_by_level(sizes: dict[str, int], pipe, shape: JobShape, batched_guidanc
     activations = activation_bytes(pipe, shape, batched_guidance)
     activations_unbatched = activation_bytes(pipe, shape, False)
     whole, tiled = decode_bytes(pipe, shape, False), decode_bytes(pipe, shape, True)
+    denoisers = ("transformer", "transformer_2", "unet")
+    # model offload: one component at a time, with what it computes on
+    one_at_a_time = max((size + (activations_unbatched if name in denoisers else tiled if name == "vae" else 0)
+                         for name, size in sizes.items()), default=0)
     largest = max(sizes.values(), default=0)
     return {
         "resident": total + max(activations, whole),
-        # the text encoder comes in alone to encode (no activations then), and leaves before denoising
+        # the text encoder comes in to encode (no activations then), and leaves before denoising
         "text_offload": max(total, total - text + max(activations_unbatched, whole)),
         "vae_tiling": max(total, total - text + max(activations_unbatched, tiled)),
-        "model_offload": largest + max(activations_unbatched, tiled),
+        "model_offload": one_at_a_time,
         "group_offload": activations_unbatched + tiled + largest // 8,
         "sequential_offload": 0,
     }

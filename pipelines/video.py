@@ -115,6 +115,7 @@ def run_with_memory_ladder(ctx, job, spec, request, attempt):
             logger.error("Job %s: out of memory at %s even at the lowest memory level (%s); giving up.", job.id, stage, level)
             model = None
             manager.evict(spec.id)
+            manager.floors.pop(spec.id, None)  # this job was too big; the next one starts from the free memory again
             raise RequestError(oom_advice(spec, request), key="oom_lowest_level", model=spec.title,
                                frames=request.frames, width=request.width, height=request.height)
         ctx.note(f"Out of GPU memory at {stage} (memory level {level}); retrying at {lower}.")
