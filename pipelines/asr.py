@@ -233,8 +233,11 @@ def load_asr_model(spec, settings, device: str, dtype: str):
     dtype = dtype if on_gpu else "fp32"
     torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
     backend = choose_backend(settings.attention, device)
+    if backend == "flash3":  # flash-attn 3 for diffusers' dispatcher; transformers takes flash-attn 2
+        backend = "flash"
     if backend not in ("flash", "sdpa"):
-        logger.info("Attention: %s is not available for Whisper in transformers; using PyTorch SDPA.", backend)
+        if backend != "cudnn":  # PyTorch's SDPA chooses cuDNN itself where it is fastest
+            logger.info("Attention: %s is not available for Whisper in transformers; using PyTorch SDPA.", backend)
         backend = "sdpa"
 
     def load(attention: str) -> WhisperBundle:
@@ -658,6 +661,11 @@ class _Transcriber:
 
         extra = dict(LONG_FORM) if long_form else {}
         decoding.update(long_form=long_form, **({"long_form_settings": {k: v for k, v in LONG_FORM.items()}} if long_form else {}))
+        if getattr(self.ctx.settings, "asr_static_cache", False):
+            # --asr-static-cache: a fixed-size KV cache, which transformers' generate compiles on a CUDA GPU
+            # (the decoder's forward, once per shape); the same tokens as the dynamic cache
+            extra["cache_implementation"] = "static"
+        decoding["static_cache"] = extra.get("cache_implementation") == "static"
 
         def run():
             clock = time.perf_counter()
