@@ -19,7 +19,7 @@ import pytest
 from pipelines.jobs import JobState
 from pipelines.settings import Settings
 from pipelines.t2v import T2VRequest
-from tests.conftest import free_port, start_app, stop_app
+from tests.conftest import app_data_dir, free_port, start_app, stop_app
 
 try:
     import ray
@@ -99,9 +99,10 @@ def executor(cluster, tmp_path_factory, data_dir):
     from pipelines.cluster import RayExecutor
     from pipelines.store import JobStore
 
-    folder = tmp_path_factory.mktemp("cluster")
-    settings = Settings(outputs_dir=folder / "outputs", data_dir=data_dir, demo=True, cluster="auto")
-    store = JobStore(folder / "jobs.sqlite3")
+    folder = tmp_path_factory.mktemp("cluster")  # laid out as start_app lays out an app's folders
+    settings = Settings(outputs_dir=folder / "outputs", data_dir=app_data_dir(folder, data_dir), demo=True,
+                        cluster="auto")
+    store = JobStore(settings.jobs_db)
     executor = RayExecutor(settings, store=store)
     executor.start()
     assert executor.wait_ready(WORKER_START_S)
@@ -239,9 +240,17 @@ def test_release_and_restart_one_worker_from_the_system_tab(page, executor):
 
 
 @needs_ray
-def test_the_app_runs_its_jobs_on_the_cluster_given_by_the_flag(cluster, executor, tmp_path, data_dir):
-    executor.stop()  # frees the two logical GPUs for the app's own workers
-    app = start_app(tmp_path, data_dir, "--cluster", cluster)
+def test_the_app_on_the_cluster_runs_again_the_job_its_last_run_was_running(cluster, executor, data_dir):
+    """The executor stops as the app does with a job running on a worker; ``app.py --cluster ADDRESS`` in the
+    same folders queues it again from the store and runs it on the cluster's workers (and the page's jobs)."""
+    job = executor.submit("t2v", request(steps=40, seed=51))
+    wait_running(job)
+    executor.stop()  # also frees the two logical GPUs for the app's own workers
+    assert job.state == JobState.CANCELLED and job.error_key == "interrupted"
+    assert executor.queue.store.get(job.id).state == "queued"
+
+    folder = executor.settings.outputs_dir.parent
+    app = start_app(folder, data_dir, "--cluster", cluster)
     try:
         from gradio_client import Client
 
@@ -252,11 +261,15 @@ def test_the_app_runs_its_jobs_on_the_cluster_given_by_the_flag(cluster, executo
         status = client.predict(api_name="/status")
         assert status["cluster"]["workers"] == 2
         assert status["device_name"].startswith("Ray cluster")
+        wait_until(lambda: executor.queue.store.get(job.id).state == "done", 300, "the interrupted job done")
     finally:
         stop_app(app)
+    assert executor.queue.store.get(job.id).attempts == 2
+    sidecars = [json.loads(path.read_text(encoding="utf-8")) for path in app.outputs.rglob("*_t2v_51.json")]
+    assert [(s["job_id"], s["runtime"]["attempt"]) for s in sidecars] == [(job.id, 2)]
+    assert sidecars[0]["runtime"]["cluster_worker"]["name"] in ("w0", "w1")
     log = (app.data / "logs" / "cinescribe.log").read_text(encoding="utf-8")
     assert "Cluster worker w0 ready" in log and "[w" in log  # the workers' own lines reach the app's log
-
 
 
 # --- without Ray: the flag, the texts, which job a worker takes ------------------------------------------
