@@ -157,9 +157,12 @@ class RayExecutor:
         self.queue.restore(self._outputs_complete)
         gpus = int(ray.cluster_resources().get("GPU", 0))
         count = self._workers_wanted or gpus // self._gpus_per_worker
-        if count < 1:
-            logger.warning("The Ray cluster has no free GPU for a worker (%d GPU(s), %d per worker); one worker "
-                           "runs on a CPU.", gpus, self._gpus_per_worker)
+        if count < 1 and gpus:  # --parallel N with fewer GPUs: one worker with them all (parallel.py copes)
+            logger.warning("The Ray cluster has %d GPU(s), fewer than --parallel %d; one worker gets them all.",
+                           gpus, self._gpus_per_worker)
+            self._gpus_per_worker, count = gpus, 1
+        elif count < 1:
+            logger.warning("The Ray cluster has no GPU; one worker runs on a CPU.")
             self._gpus_per_worker, count = 0, 1
         logger.info("Ray cluster %s: %d GPU(s), %d worker(s)", self.address, gpus, count)
         for _ in range(count):

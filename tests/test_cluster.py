@@ -63,8 +63,12 @@ def request(steps: int = 4, seed: int = 1, model: str = "wan2.1-t2v-1.3b") -> T2
 
 
 def ran_on(job) -> dict:
-    """The worker that wrote the job's clip, from the sidecar it wrote: ``{"name", "host", "gpu_ids", ...}``."""
-    sidecar = json.loads(Path(job.result["clips"][0]["sidecar"]).read_text(encoding="utf-8"))
+    """The worker that wrote the job's clip or transcript, from the sidecar it wrote: its name, host, GPU ids, and
+    whether it loaded the model for this job."""
+    if job.task == "asr":
+        sidecar = json.loads(Path(job.result["files"][0]["files"]["json"]).read_text(encoding="utf-8"))
+    else:
+        sidecar = json.loads(Path(job.result["clips"][0]["sidecar"]).read_text(encoding="utf-8"))
     return {**sidecar["runtime"]["cluster_worker"], "loaded": sidecar["model"]["loaded_for_this_job"]}
 
 
@@ -88,7 +92,8 @@ def cluster(data_dir):
     """A local Ray cluster: 2 CPUs and 2 logical GPUs (Ray hands each worker one; torch sees none)."""
     from pipelines.demo_models import ensure_demo_model
 
-    ensure_demo_model("wan-t2v", data_dir / "demo_models")  # built once here, not by two workers at once
+    for kind in ("wan-t2v", "whisper"):  # built once here, not by two workers at once
+        ensure_demo_model(kind, data_dir / "demo_models")
     ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False, namespace="cinescribe-tests")
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
@@ -150,6 +155,7 @@ def test_jobs_from_the_page_are_spread_over_both_workers_with_their_progress(pag
         job = executor.job(stored.id)
         assert stored.state == "done" and stored.attempts == 1
         assert (job.progress.step, job.progress.total) == (8, 8)  # every step came back from the worker
+        assert job.preview is not None and job.preview.shape[-1] == 3  # and the last step's preview
 
     status = client.predict(api_name="/status")
     assert [row["worker"] for row in status["workers"]] == ["w0", "w1"]
@@ -158,21 +164,29 @@ def test_jobs_from_the_page_are_spread_over_both_workers_with_their_progress(pag
 
 
 @needs_ray
-def test_a_model_resident_on_a_worker_is_reused_there(executor):
+def test_a_model_resident_on_a_worker_is_reused_there(executor, tmp_path):
+    from pipelines.asr import ASRRequest
+    from tests.test_asr_pipeline import speechlike, write_wav
+
+    audio = str(write_wav(tmp_path / "speech.wav", speechlike(3.0)))
     executor.release_vram(timeout=120)
     assert all(not slot.resident_ids() for slot in executor.slots)
-    first = wait_finished(executor.submit("t2v", request(seed=11)))
-    assert first.state == JobState.DONE, first.error
-    holder = ran_on(first)
-    assert holder["loaded"] is True
+    video = wait_finished(executor.submit("t2v", request(seed=11)))
+    speech = wait_finished(executor.submit("asr", ASRRequest(files=[audio])))
+    assert video.state == speech.state == JobState.DONE, (video.error, speech.error)
+    painter, listener = ran_on(video), ran_on(speech)
+    assert painter["loaded"] is listener["loaded"] is True
     slots = {slot.name: slot for slot in executor.slots}
-    loads = dict(slots[holder["name"]].status["load_counts"])
+    loads = {name: dict(slot.status["load_counts"]) for name, slot in slots.items()}
     for seed in (12, 13):  # both workers idle each time: without the preference, each would be a coin toss
-        job = wait_finished(executor.submit("t2v", request(seed=seed)))
-        assert job.state == JobState.DONE, job.error
-        assert ran_on(job) == {**holder, "loaded": False}
-    assert slots[holder["name"]].status["load_counts"] == loads  # nothing loaded again
-    assert all(not slot.resident_ids() for name, slot in slots.items() if name != holder["name"])
+        video = wait_finished(executor.submit("t2v", request(seed=seed)))
+        speech = wait_finished(executor.submit("asr", ASRRequest(files=[audio])))
+        assert video.state == speech.state == JobState.DONE, (video.error, speech.error)
+        assert ran_on(video) == {**painter, "loaded": False}
+        assert ran_on(speech) == {**listener, "loaded": False}
+    assert {name: slot.status["load_counts"] for name, slot in slots.items()} == loads  # nothing loaded again
+    assert {model for slot in slots.values() for model in slot.resident_ids()} == {"wan2.1-t2v-1.3b",
+                                                                                   "whisper-large-v3"}
 
 
 @needs_ray
