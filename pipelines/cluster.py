@@ -446,7 +446,9 @@ class RayExecutor:
                 self._lock.wait_for(lambda: self._stopping or slot.restart_requested, timeout=pause)
             return False
         slot.failures = 0
-        slot.info, slot.problem = info, ""
+        slot.info = info
+        if not slot.problem.startswith(("Died", "Restarted")):  # why it was started again stays in the table
+            slot.problem = ""
         self._relay_log(slot, status.pop("log", []))
         slot.status = status
         if not info["outputs_shared"]:
@@ -459,7 +461,7 @@ class RayExecutor:
             return False
         warnings = self._mismatches(info)
         if warnings:
-            slot.problem = "; ".join(warnings)
+            slot.problem = "; ".join([*warnings, slot.problem] if slot.problem else warnings)
             logger.warning("Cluster worker %s on %s: %s", slot.name, info["host"], slot.problem)
         if self.environment.get("cluster_workers") is None:
             self.environment = {**info["environment"], "cluster": self.address, "cluster_workers": True}
@@ -521,8 +523,8 @@ class RayExecutor:
                     if left <= 0:
                         break
                     self._lock.wait(left)
-            if job is None and (self._stopping or slot.restart_requested):
-                continue  # a job taken just now runs anyway: a restart or stop reaches it like a running one
+            if job is None and control is None and (self._stopping or slot.restart_requested):
+                continue  # a job or control taken just now goes on: a restart or stop reaches it there
             try:
                 if control is not None:
                     self._run_control(slot, *control)
