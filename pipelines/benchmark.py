@@ -4,7 +4,12 @@ Each workload is a task request (the same as the page sends). For every workload
 (reported on its own) and ``repeat`` timed runs; wall time end to end, time per stage from the
 sidecars, seconds per step, peak VRAM (torch allocator and NVML), GPU utilisation sampled during the
 run (NVML, as ``nvidia-smi dmon`` shows it), and the host's peak RSS. ``baseline`` runs the same
-workload as the plain library call in the same process, so every speed-up claimed has its ratio.
+workload as the plain library call in the same process, so every speed-up claimed has its ratio, with its
+peak VRAM next to ours. For video, the denoising FLOPs are counted from the model's shapes
+(``pipelines.flops``) and divided by the measured denoise time and the GPU's bf16 peak (the vendor's
+figure, and a large matmul measured on the machine): the fraction of peak reached. ``step_cache`` adds a
+variant of each Wan workload with the opt-in step cache, ``turbo`` a 4-step, guidance-1 workload (the
+Turbo settings); both change the output and the report says so.
 Results go to ``outputs/benchmarks/<time>_benchmark.{md,json}``.
 """
 
@@ -41,6 +46,7 @@ class Workload:
     request: Any
     steps: int | None = None
     audio_s: float | None = None  # ASR: seconds of audio, for the real-time factor
+    changes_output: str = ""  # why this workload's output differs from the plain call's (step cache, Turbo)
 
 
 def t2v_workloads(model_id: str | None, demo: bool, scratch: Path) -> list[Workload]:
@@ -224,6 +230,12 @@ def _run_once(worker, workload: Workload) -> dict:
         run["stages_s"] = sidecar.get("timings_s", {})
         run["peak_alloc_gib"] = sidecar.get("peak_memory_gib")
         run["peak_kind"] = sidecar.get("peak_memory_kind")
+        fast = sidecar.get("fast_path") or {}
+        if fast:
+            run["compile_extra_s"] = fast.get("compile_extra_s")
+            run["fast_path"] = {key: fast.get(key) for key in (
+                "memory_level", "attention", "fused_qkv", "compile", "guidance_batched", "prompt_cache_hit",
+                "vae_tiled", "step_cache", "changes_output", "out_of_memory_retries")}
         if workload.task == "asr":  # the baseline decodes with the batch size the app chose
             run["batch_size"] = sidecar.get("decoding", {}).get("batch_size", {}).get("used")
     return run
@@ -260,6 +272,11 @@ def run_workload(worker, workload: Workload, repeat: int, tick: Callable[[], Non
     result["gpu_util_min"] = min(mins) if mins else None
     result["rss_peak_gib"] = max((r["rss_peak_gib"] for r in done if r.get("rss_peak_gib")), default=None)
     result["load_s"] = warmup.get("stages_s", {}).get("load")
+    result["compile_extra_s"] = warmup.get("compile_extra_s")
+    if done and done[-1].get("fast_path"):
+        result["fast_path"] = done[-1]["fast_path"]
+    if workload.changes_output:
+        result["changes_output"] = workload.changes_output
     if done and done[-1].get("batch_size"):
         result["batch_size"] = done[-1]["batch_size"]
     if workload.audio_s and result["wall_s"]["mean"]:
@@ -449,7 +466,14 @@ def run_baseline(settings, device: str, dtype: str, workload: Workload, repeat: 
     from .memory import free_memory
 
     try:
-        return BASELINES[workload.task](settings, device, dtype, workload, repeat, measured)
+        if device.startswith("cuda"):
+            import torch
+
+            torch.cuda.reset_peak_memory_stats(device)
+        result = BASELINES[workload.task](settings, device, dtype, workload, repeat, measured)
+        if device.startswith("cuda"):
+            result["peak_alloc_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+        return result
     except Exception as error:  # the plain call may fail where the app works around it: say so, go on
         logger.warning("Baseline for %s failed: %s: %s", workload.name, type(error).__name__, error)
         return {"error": f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"[:300]}
@@ -585,6 +609,11 @@ def render_markdown(report: dict) -> str:
         f"- Runs: {report['repeat']} timed after one warm-up · app cold start to first page "
         f"{_cell(report.get('cold_start_s'))} s · CUDA init {_cell(p.get('cuda_init_s'))} s",
         f"- Command: `{report['command']}`",
+        *(["- Fast path: " + ", ".join(f"{k} {v}" for k, v in report["fast_path_settings"].items())]
+          if report.get("fast_path_settings") else []),
+        *([f"- GPU bf16 peak: {report['gpu_peak']['bf16_tflops'] or '–'} TFLOP/s published ({report['gpu_peak']['gpu'] or 'unknown GPU'}), "
+           f"{report['gpu_peak']['measured_matmul_tflops'] or '–'} TFLOP/s measured here (8192² bf16 matmul)"]
+          if report.get("gpu_peak") and str(p.get("device", "")).startswith("cuda") else []),
         *([f"- Speech: {report['asr_tokens']}"] if report.get("asr_tokens") else []),
         "",
         "| workload | mean s | min s | max s | s/step | load s | text enc s | denoise s | decode s | mp4 s "
@@ -611,6 +640,7 @@ def render_markdown(report: dict) -> str:
                 _cell(w.get("rss_peak_gib")), base, ratio,
             ]) + " |"
         )
+    lines += _efficiency_table(report, video)
     if speech:
         lines += ["", "| workload | audio s | mean s | min s | max s | real-time factor | audio decode s | features s "
                   "| generate s | peak VRAM alloc / NVML GiB | GPU util mean / min % | host RSS GiB | baseline mean s | speed-up |",
@@ -642,6 +672,43 @@ def render_markdown(report: dict) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+def _percent(value) -> str:
+    return "–" if value is None else f"{value * 100:.0f}%"
+
+
+def _efficiency_table(report: dict, video: list[dict]) -> list[str]:
+    """Per video workload: the denoising FLOPs counted from the model's shapes, the TFLOP/s reached and the fraction
+    of the GPU's bf16 peak; peak VRAM against the plain call's; the first compiled job's extra seconds; the memory
+    level; and what makes the output differ from the plain call's, if anything."""
+    rows = [w for w in video if w.get("wall_s")]
+    if not rows:
+        return []
+    peak = report.get("gpu_peak") or {}
+    vendor = f"{peak['gpu']} {peak['bf16_tflops']:g}" if peak.get("bf16_tflops") else "vendor"
+    measured = f"{peak['measured_matmul_tflops']:g}" if peak.get("measured_matmul_tflops") else "measured"
+    memory = "VRAM" if str(report["platform"].get("device", "")).startswith("cuda") else "RSS"
+    lines = ["", f"| workload | denoise TFLOP | denoise s | TFLOP/s | % of bf16 peak ({vendor}) | % of bf16 matmul "
+                 f"measured here ({measured}) | peak {memory} ours / plain GiB | first-job compile extra s "
+                 "| memory level | output vs plain call |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for w in rows:
+        flops = (w.get("flops") or {}).get("total")
+        fast = w.get("fast_path") or {}
+        plain_peak = (w.get("baseline") or {}).get("peak_alloc_gib")
+        output = w.get("changes_output") or "; ".join(fast.get("changes_output") or []) or "same (within rounding)"
+        lines.append("| " + " | ".join([
+            w["name"], _cell(flops / 1e12 if flops else None, 0),
+            _cell((w.get("stages_s") or {}).get("denoise", {}).get("mean")), _cell(w.get("denoise_tflops"), 1),
+            _percent(w.get("mfu_vendor")), _percent(w.get("mfu_measured")),
+            f"{_cell(w.get('peak_alloc_gib'))} / {_cell(plain_peak)}", _cell(w.get("compile_extra_s")),
+            str(fast.get("memory_level") or "–"), output.replace("|", "/"),
+        ]) + " |")
+    if report["mode"] == "demo":
+        lines.append("")
+        lines.append("FLOPs are counted for the real model sizes only; the demo's tiny models have none here.")
+    return lines
+
+
 def _baseline_cells(workload: dict) -> tuple[str, str]:
     """The baseline's mean (or why it failed) and the speed-up, as table cells."""
     baseline = workload.get("baseline")
@@ -668,6 +735,9 @@ def run_benchmark(worker, settings, workloads: list[Workload], repeat: int, base
         "command": command,
         "platform": platform_info(worker),
         "cold_start_s": cold_start_seconds(settings.demo) if cold_start else None,
+        "fast_path_settings": {name: getattr(settings, name, None) for name in (
+            "attention", "memory_level", "offload", "compile", "fuse_qkv", "batch_guidance", "prompt_cache", "fp8",
+            "vae_tiling", "gpu_memory_gb", "asr_static_cache")},
         "workloads": [],
     }
     if any(w.task == "asr" for w in workloads) and (settings.demo or settings.random_weights):
@@ -678,14 +748,28 @@ def run_benchmark(worker, settings, workloads: list[Workload], repeat: int, base
             f"random-weight Whisper decodes exactly {RANDOM_WEIGHTS_NEW_TOKENS} tokens per 30-second window (about "
             "what speech holds; random weights never end by themselves), in the app and the baseline alike"
         )
+    if any(w.task in ("t2v", "i2v") for w in workloads):
+        from .flops import gpu_peak_tflops, measured_matmul_tflops
+
+        peak, key = gpu_peak_tflops(report["platform"].get("gpu"))
+        report["gpu_peak"] = {"bf16_tflops": peak, "gpu": key,
+                              "measured_matmul_tflops": _round(worker.run_exclusive(
+                                  lambda: measured_matmul_tflops(worker.device), timeout=600), 1)}
+    plain_runs: dict[str, dict] = {}  # a step-cache variant is compared with the same plain call as its base
     for workload in workloads:
         logger.info("Benchmark: %s", workload.name)
         result = run_workload(worker, workload, repeat, lambda: tick(1))
+        if workload.task in ("t2v", "i2v") and not settings.demo and not result.get("error"):
+            result["flops"] = workload_flops(settings, workload)
+            _add_efficiency(result, report.get("gpu_peak") or {})
         if baseline and workload.task in BASELINES and not result.get("error"):
-            worker.release_vram(timeout=3600)  # the plain call gets the whole device, as it would alone
-            result["baseline"] = worker.run_exclusive(
-                lambda: run_baseline(settings, worker.device, worker.dtype, workload, repeat, result)
-            )
+            key = _plain_key(workload)
+            if key not in plain_runs:
+                worker.release_vram(timeout=3600)  # the plain call gets the whole device, as it would alone
+                plain_runs[key] = worker.run_exclusive(
+                    lambda: run_baseline(settings, worker.device, worker.dtype, workload, repeat, result)
+                )
+            result["baseline"] = plain_runs[key]
         report["workloads"].append(result)
     if soak_jobs:
         report["soak"] = soak(worker, workloads, soak_jobs, lambda: tick(1))
@@ -693,15 +777,88 @@ def run_benchmark(worker, settings, workloads: list[Workload], repeat: int, base
     return report
 
 
+def _round(value, digits: int):
+    return None if value is None else round(value, digits)
+
+
+def _plain_key(workload: Workload) -> str:
+    request = workload.request
+    if dataclasses.is_dataclass(request) and hasattr(request, "step_cache"):
+        request = dataclasses.replace(request, step_cache=0.0)
+    return json.dumps(_plain(request), sort_keys=True, default=str) + workload.model
+
+
+def workload_flops(settings, workload: Workload) -> dict | None:
+    """The denoising FLOPs of one run of a video workload at its model's real size (``pipelines.flops``)."""
+    from .flops import denoise_flops
+
+    try:
+        if workload.task == "t2v":
+            from .t2v import validate_t2v
+
+            request = validate_t2v(workload.request, demo=settings.demo)
+        else:
+            from .i2v import validate_i2v
+
+            request = validate_i2v(workload.request, demo=settings.demo)
+        counted = denoise_flops(workload.model, request.frames, request.height, request.width, request.steps,
+                                request.guidance > 1.0)
+    except Exception as error:  # a model without a shipped architecture config: no count, say why
+        logger.warning("FLOPs of %s not counted: %s", workload.name, error)
+        return {"error": str(error)[:200]}
+    return {key: float(value) for key, value in counted.items()}
+
+
+def _add_efficiency(result: dict, gpu_peak: dict) -> None:
+    """Achieved TFLOP/s in the denoising steps, and the fraction of the vendor's and the measured peak."""
+    from .flops import mfu
+
+    total = (result.get("flops") or {}).get("total")
+    denoise = (result.get("stages_s") or {}).get("denoise", {}).get("mean")
+    if not total or not denoise:
+        return
+    result["denoise_tflops"] = round(total / denoise / 1e12, 1)
+    vendor = mfu(total, denoise, gpu_peak.get("bf16_tflops"))
+    measured = mfu(total, denoise, gpu_peak.get("measured_matmul_tflops"))
+    result["mfu_vendor"] = _round(vendor, 3)
+    result["mfu_measured"] = _round(measured, 3)
+
+
 def standard_workloads(demo: bool, tasks: tuple[str, ...] = ("t2v",), model: str | None = None,
-                       scratch: Path = Path("data") / "benchmark_inputs") -> list[Workload]:
-    """Each task's presets (``model`` replaces the default model of its task); inputs made in ``scratch``."""
+                       scratch: Path = Path("data") / "benchmark_inputs", step_cache: float = 0.0,
+                       turbo: bool = False) -> list[Workload]:
+    """Each task's presets (``model`` replaces the default model of its task); inputs made in ``scratch``.
+    ``turbo``: a 4-step, guidance-1 text-to-video workload at 480p/81 frames (the Turbo settings; random or
+    base weights time the same as distilled ones). ``step_cache``: each Wan workload again with the step cache
+    at that threshold."""
     workloads = []
     for task in tasks:
         if task not in WORKLOADS:
             raise ValueError(f"No benchmark workloads for {task!r}; available: {', '.join(WORKLOADS)}.")
         workloads += WORKLOADS[task](model if model and get_spec(model).task == task else None, demo, Path(scratch))
+    if turbo and "t2v" in tasks:
+        workloads.append(turbo_workload(model if model and get_spec(model).task == "t2v" else None, demo))
+    if step_cache:
+        workloads += [step_cache_variant(w, step_cache) for w in list(workloads)
+                      if w.task in ("t2v", "i2v") and get_spec(w.model).extra.get("family", "wan") == "wan"
+                      and (w.request.guidance or 0) > 1.0 and not w.changes_output]
     return workloads
+
+
+def turbo_workload(model_id: str | None, demo: bool) -> Workload:
+    spec = get_spec(model_id or DEFAULT_MODEL["t2v"])
+    resolution, frames = ("240p", 9) if demo else ("480p", 81)
+    request = T2VRequest(prompt="A person walking forward naturally, cinematic", model=spec.id, preset="Turbo",
+                         resolution=resolution, frames=frames, steps=4, guidance=1.0, shift=5.0, seed=1234)
+    return Workload(f"t2v {spec.id} Turbo 4 steps", "t2v", spec.id, request, 4,
+                    changes_output="4 steps at guidance 1 (step-distilled weights or LoRA; here timed on "
+                                   f"{'the base' if not spec.lora_repo_id else 'its'} weights, which cost the same)")
+
+
+def step_cache_variant(workload: Workload, threshold: float) -> Workload:
+    request = dataclasses.replace(workload.request, step_cache=threshold)
+    return dataclasses.replace(workload, name=f"{workload.name} + step cache {threshold:g}", request=request,
+                               changes_output=f"step cache (first-block cache) at {threshold:g}")
 
 
 __all__ = ["Workload", "run_benchmark", "standard_workloads", "write_report", "render_markdown", "models_for"]

@@ -6,6 +6,8 @@
     python scripts/benchmark.py --tasks asr --random-weights # Whisper: exactly 100 tokens per 30-s window
     python scripts/benchmark.py --model wan2.1-t2v-14b       # real weights from the HF cache
     python scripts/benchmark.py --demo --soak 50             # 50 mixed jobs back to back
+    python scripts/benchmark.py --tasks t2v --random-weights --baseline --compile --step-cache 0.1 --turbo
+                                                             # the fast path: compiled, step cache, 4-step Turbo
 
 Every number in docs/benchmarks.md was made with this script; the report names the command.
 """
@@ -20,6 +22,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from pipelines.settings import ATTENTION_BACKENDS, BATCH_GUIDANCE, MEMORY_LEVELS, OFFLOAD_MODES, Settings  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -37,8 +41,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--no-cold-start", action="store_true", help="skip measuring the app's cold start")
     parser.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
     parser.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
-    parser.add_argument("--attention", default="auto")
-    parser.add_argument("--offload", default="none")
+    parser.add_argument("--attention", default="auto", choices=ATTENTION_BACKENDS)
+    parser.add_argument("--offload", default="none", choices=OFFLOAD_MODES)
+    fast = parser.add_argument_group("the fast path (as app.py's flags)")
+    fast.add_argument("--memory-level", default="auto", choices=MEMORY_LEVELS)
+    fast.add_argument("--compile", action="store_true", help="regional torch.compile of the denoiser's blocks")
+    fast.add_argument("--no-fuse-qkv", dest="fuse_qkv", action="store_false")
+    fast.add_argument("--batch-guidance", default="auto", choices=BATCH_GUIDANCE)
+    fast.add_argument("--prompt-cache", type=int, default=8, metavar="N",
+                      help="0 = every run encodes its prompt (the timed runs repeat one prompt)")
+    fast.add_argument("--fp8", action="store_true", help="fp8 weight storage (changes the output)")
+    fast.add_argument("--vae-tiling", action="store_true")
+    fast.add_argument("--gpu-memory", type=float, metavar="GB")
+    fast.add_argument("--asr-static-cache", action="store_true")
+    fast.add_argument("--step-cache", type=float, default=0.0, metavar="THRESHOLD",
+                      help="also run each Wan workload with the step cache at this threshold (changes the output)")
+    fast.add_argument("--turbo", action="store_true",
+                      help="also a 4-step, guidance-1 text-to-video workload at 480p / 81 frames (the Turbo settings)")
     parser.add_argument("--outputs", type=Path, default=ROOT / "outputs")
     parser.add_argument("--data-dir", type=Path, default=ROOT / "data")
     args = parser.parse_args(argv)
@@ -58,15 +77,18 @@ def main(argv=None) -> int:
     transformers_logging.disable_progress_bar()
 
     from pipelines.benchmark import run_benchmark, standard_workloads, write_report
-    from pipelines.settings import Settings
     from pipelines.worker import GPUWorker
 
     settings = Settings(outputs_dir=args.outputs, data_dir=args.data_dir, device=args.device, dtype=args.dtype,
                         attention=args.attention, offload=args.offload, demo=args.demo,
-                        random_weights=args.random_weights)
+                        random_weights=args.random_weights, memory_level=args.memory_level, compile=args.compile,
+                        fuse_qkv=args.fuse_qkv, batch_guidance=args.batch_guidance, prompt_cache=args.prompt_cache,
+                        fp8=args.fp8, vae_tiling=args.vae_tiling, gpu_memory_gb=args.gpu_memory,
+                        asr_static_cache=args.asr_static_cache)
     tasks = tuple(task.strip() for task in args.tasks.split(",") if task.strip())
     try:
-        workloads = standard_workloads(args.demo, tasks, args.model, scratch=args.data_dir / "benchmark_inputs")
+        workloads = standard_workloads(args.demo, tasks, args.model, scratch=args.data_dir / "benchmark_inputs",
+                                       step_cache=args.step_cache, turbo=args.turbo)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
