@@ -152,6 +152,23 @@ def uncompile(pipe) -> None:
                 submodule._compiled_call_impl = None
 
 
+@contextlib.contextmanager
+def eager_blocks(pipe):
+    """While inside, compiled blocks run eager; compiled again afterwards (the compiled code is kept)."""
+    stashed = []
+    for model in denoisers(pipe):
+        for submodule in model.modules():
+            compiled = getattr(submodule, "_compiled_call_impl", None)
+            if compiled is not None:
+                stashed.append((submodule, compiled))
+                submodule._compiled_call_impl = None
+    try:
+        yield
+    finally:
+        for submodule, compiled in stashed:
+            submodule._compiled_call_impl = compiled
+
+
 def fp8_supported(device: str) -> tuple[bool, str]:
     import torch
 
@@ -412,7 +429,10 @@ def denoise_context(model, settings, guidance: bool, negative, step_cache_thresh
     info: dict = {"timer": StepTimer()}
     first_compiled = bool(model.optimisations.get("compile") and model.optimisations.get("compile_first_run_pending"))
     batching = batched_guidance(pipe, negative) if batch else contextlib.nullcontext({"batched": 0, "unbatched": 0})
-    with step_cache(pipe, step_cache_threshold if wan else 0.0) as cache_stats, batching as batch_stats:
+    # the step cache decides per step, on the host, whether to run the blocks: a graph break that full-graph
+    # compiled blocks do not allow, so those blocks run eager for this job
+    eager = eager_blocks(pipe) if step_cache_threshold and model.optimisations.get("compile") else contextlib.nullcontext()
+    with eager, step_cache(pipe, step_cache_threshold if wan else 0.0) as cache_stats, batching as batch_stats:
         yield info
     timer = info.pop("timer")
     info["guidance_batched"] = bool(batch and batch_stats["batched"])

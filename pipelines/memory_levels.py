@@ -291,22 +291,22 @@ def place_at(pipe, level: str, device: str, current: str | None = None) -> str:
         if level in ("resident", "text_offload", "vae_tiling"):
             pipe.to("cpu")
     if level in ("resident", "text_offload", "vae_tiling"):
-        pipe.to(device)
-        if offloads_text_encoder(level) and text_encoder_name(pipe):
-            getattr(pipe, text_encoder_name(pipe)).to("cpu")
+        # component by component: the text encoder that stays in CPU memory never visits the GPU
+        keep_on_cpu = text_encoder_name(pipe) if offloads_text_encoder(level) else None
+        for name, component in pipe.components.items():
+            if isinstance(component, torch.nn.Module):
+                component.to("cpu" if name == keep_on_cpu else device)
     elif level == "model_offload":
         pipe.enable_model_cpu_offload(device=device)
     elif level == "sequential_offload":
         pipe.enable_sequential_cpu_offload(device=device)
     elif level == "group_offload":
+        from diffusers.hooks import apply_group_offloading
+
         for component in pipe.components.values():
-            if not isinstance(component, torch.nn.Module):
-                continue
-            if hasattr(component, "enable_group_offload"):
-                component.enable_group_offload(onload_device=torch.device(device), offload_type="leaf_level",
-                                               use_stream=True)
-            else:
-                component.to(device)
+            if isinstance(component, torch.nn.Module):  # diffusers' models and transformers' text encoders alike
+                apply_group_offloading(component, onload_device=torch.device(device), offload_type="leaf_level",
+                                       use_stream=True)
     from .memory import free_memory
 
     free_memory(device)

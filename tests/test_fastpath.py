@@ -292,3 +292,23 @@ def test_step_cache_is_refused_for_the_unet_model(tmp_path):
         validate_i2v(I2VRequest(image=str(image), prompt="a cat", model="i2vgen-xl", step_cache=0.1), demo=True)
     assert caught.value.key == "step_cache_unsupported"
     assert validate_i2v(I2VRequest(image=str(image), prompt="a cat", model="i2vgen-xl"), demo=True).step_cache == 0.0
+
+
+def test_step_cache_on_compiled_blocks_runs_them_eager_for_that_job(reference):
+    """The step cache's per-step decision is a graph break: compiled blocks step aside for that job (nothing is
+    compiled here: torch.compile is lazy and the blocks never run compiled) and are back afterwards."""
+    pipe = build_wan_t2v()
+    pipe.set_progress_bar_config(disable=True)
+    pipe.transformer.compile_repeated_blocks(fullgraph=True)
+    compiled = [block._compiled_call_impl for block in pipe.transformer.blocks]
+    assert all(compiled)
+    model = LoadedModel(spec=get_spec("wan2.1-t2v-1.3b"), pipe=pipe, source="", revision="", n_bytes=0, load_seconds=0,
+                        attention="sdpa", device="cpu", dtype="fp32", optimisations={"compile": "blocks"})
+    from pipelines.settings import Settings
+
+    with fastpath.denoise_context(model, Settings(batch_guidance="off"), True, None, 1e-9) as info:
+        assert all(block._compiled_call_impl is None for block in pipe.transformer.blocks)
+        latents = _latents(pipe)
+    _close(latents, reference)  # a threshold this small never skips a step
+    assert info["step_cache"]["cached_transformer_calls"] == 0 and info["step_cache"]["full_transformer_calls"] == 6
+    assert [block._compiled_call_impl for block in pipe.transformer.blocks] == compiled
