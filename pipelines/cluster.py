@@ -85,15 +85,16 @@ class WorkerSlot:
     def idle(self) -> bool:
         return self.state == "ready" and self.current is None
 
-    def row(self) -> dict:
-        """One line of the System tab's workers table."""
+    def row(self, can_see: Callable[[Job], bool] | None = None) -> dict:
+        """One line of the System tab's workers table; the current job's id only where ``can_see`` it."""
         info, status = self.info, self.status
         memory = status.get("memory") or {}
         vram = f"{memory['used_gib']:.1f} / {memory['total_gib']:.1f} GiB" if "used_gib" in memory else ""
         job = ""
-        if self.current is not None:
-            p = self.current.progress
-            job = f"{self.current.task} {self.current.id}"
+        current = self.current
+        if current is not None:
+            p = current.progress
+            job = f"{current.task} {current.id}" if can_see is not None and can_see(current) else current.task
             if p.stage:
                 job += f" · {p.stage} {p.step}/{p.total}" if p.total else f" · {p.stage}"
         gpu = info.get("device_name", "")
@@ -328,9 +329,11 @@ class RayExecutor:
         running = [slot.current for slot in list(self.slots) if slot.current is not None]
         return min(running, key=lambda job: job.started or 0.0) if running else None
 
-    def workers(self) -> list[dict]:
-        """The System tab's table: each worker's host, GPU, VRAM, resident models, current job and state."""
-        return self.status()["workers"]
+    def workers(self, can_see: Callable[[Job], bool] | None = None) -> list[dict]:
+        """The System tab's table: each worker's host, GPU, VRAM, resident models, current job (its id only
+        where ``can_see`` it: ``status()`` shows none, the page shows a user their own) and state."""
+        with self._lock:
+            return [slot.row(can_see) for slot in self.slots]
 
     # --- connecting ----------------------------------------------------------------------------------
 

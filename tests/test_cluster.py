@@ -348,3 +348,12 @@ def test_a_free_worker_leaves_a_job_to_the_free_worker_that_holds_its_model(tmp_
     late = executor.submit("asr", {"files": []})
     w1.current = asr  # w1 busy now: w0 takes the job rather than leave its GPU idle
     assert executor._choose(w0) is late
+
+
+def test_the_workers_table_shows_a_running_jobs_id_only_to_whom_may_see_it(tmp_path):
+    executor, (w0, _) = choosing(tmp_path)
+    job = executor.submit("t2v", request(), owner="ana")
+    w0.current = executor._choose(w0)
+    assert executor.status()["workers"][0]["job"] == "t2v"  # /status: no job ids of anyone
+    assert executor.workers(lambda seen: seen.owner == "ana")[0]["job"] == f"t2v {job.id}"
+    assert executor.workers(lambda seen: seen.owner == "bo")[0]["job"] == "t2v"

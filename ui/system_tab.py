@@ -14,6 +14,7 @@ from pipelines.benchmark import run_benchmark, standard_workloads, write_report
 from pipelines.jobs import RequestError
 
 from .i18n import Translator, error_text, normalise_language, request_language, t
+from .identity import sees_job
 
 # After Restart: wait for the server to go away and come back, then reload the page.
 RECONNECT_JS = """
@@ -255,12 +256,15 @@ def build_workers_section(worker, translator: Translator, lang_state: gr.State, 
 
     shown = gr.State(("en", tuple(names)))  # the choices' language and workers, to update them only on a change
 
-    def refresh(lang: str, seen: tuple):
-        lang, rows = normalise_language(lang), worker.workers()
-        now = (lang, tuple(row["worker"] for row in rows))  # workers are added when GPUs join the cluster
+    def rows(request) -> list[dict]:
+        return worker.workers(lambda job: sees_job(job, request))  # another user's job: no id
+
+    def refresh(lang: str, seen: tuple, request: gr.Request):
+        lang, rows_now = normalise_language(lang), rows(request)
+        now = (lang, tuple(row["worker"] for row in rows_now))  # workers are added when GPUs join the cluster
         choices = gr.skip() if tuple(seen) == now else gr.update(
             choices=[(t(lang, "cluster_all"), "")] + [(name, name) for name in now[1]])
-        return workers_table(lang, rows), choices, now
+        return workers_table(lang, rows_now), choices, now
 
     def on_release(name: str, lang: str, request: gr.Request):
         lang = request_language(lang, request)
@@ -268,13 +272,13 @@ def build_workers_section(worker, translator: Translator, lang_state: gr.State, 
             report = worker.release_vram(timeout=3600, worker=name or None)
         except RequestError as error:
             raise gr.Error(error_text(lang, error.key, error.params, str(error)))
-        return release_message(lang, report), workers_table(lang, worker.workers())
+        return release_message(lang, report), workers_table(lang, rows(request))
 
     def on_restart(name: str, lang: str, request: gr.Request):
         lang = request_language(lang, request)
         restarted = worker.restart_worker(name or None)
         message = t(lang, "cluster_restarted", workers=", ".join(restarted)) if restarted else t(lang, "cluster_none")
-        return message, workers_table(lang, worker.workers())
+        return message, workers_table(lang, rows(request))
 
     gr.Timer(WORKERS_REFRESH_SECONDS).tick(refresh, [lang_state, shown], [table, choice, shown],
                                            api_visibility="private", show_progress="hidden", queue=False)
