@@ -84,7 +84,10 @@ def probe(backend: str, device: str, dtype) -> str | None:
     """Run one small attention through diffusers' dispatcher with ``backend`` and with SDPA; None when they
     agree, else why not (the exception, or the difference)."""
     import torch
-    from diffusers.models.attention_dispatch import AttentionBackendName, dispatch_attention_fn
+    from diffusers.models.attention_dispatch import (
+        AttentionBackendName,
+        dispatch_attention_fn,
+    )
 
     if backend == "sdpa":
         return None
