@@ -226,7 +226,8 @@ def test_level_flags():
 
 
 def test_injected_oom_in_a_served_app(tmp_path, data_dir):
-    """The hook works in the app started as a subprocess, as the soak script starts it."""
+    """The hook works in the app started as a subprocess, as the soak script starts it (and the page's step cache
+    threshold reaches the job)."""
     from gradio_client import Client
 
     app = start_app(tmp_path, data_dir, env={INJECT_ENV: "denoise:1"})
@@ -235,11 +236,13 @@ def test_injected_oom_in_a_served_app(tmp_path, data_dir):
         status, _preview, _video, _files, seed, recorded = client.predict(
             model_id="wan2.1-t2v-1.3b", preset_name="Preview", prompt_text="a cat walking", negative_text="",
             res="240p", asp="16:9", n_frames=9, seconds=0, n_steps=2, cfg=5.0, flow_shift=3.0, seed_value=42,
-            frame_rate=16, n_clips=1, api_name="/t2v")
+            frame_rate=16, n_clips=1, step_cache_threshold=0.2, api_name="/t2v")
     finally:
         stop_app(app)
     assert "Done" in status
     sidecar = json.loads(recorded)
+    assert sidecar["settings"]["step_cache"] == 0.2  # the step cache slider of the page, through the API
+    assert any("step cache" in change for change in sidecar["fast_path"]["changes_output"])
     assert sidecar["memory_level"] == "text_offload"
     assert sidecar["fast_path"]["out_of_memory_retries"][0]["stage"] == "denoise"
     assert "Injecting a CUDA out-of-memory error" in app.log.read_text(encoding="utf-8")
