@@ -340,7 +340,7 @@ class GPUWorker:
             if out_of_memory:
                 message = (
                     "Out of GPU memory. Release VRAM frees models kept from earlier jobs; for video, try fewer "
-                    "frames or a lower resolution, or start the app with --offload model and --vae-tiling."
+                    "frames or a lower resolution, or start the app with --memory-level model_offload."
                 )
                 key = "oom"
             else:

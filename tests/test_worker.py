@@ -97,6 +97,7 @@ def test_manager_evicts_least_recently_used_under_the_budget():
     class Model:
         def __init__(self, spec):
             self.spec, self.pipe, self.n_bytes, self.attention = spec, object(), 6 * 2**30, "sdpa"
+            self.level = "resident"
 
     def load(spec):
         loaded.append(spec.id)

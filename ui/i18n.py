@@ -96,7 +96,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "err_duration_range": "Duration must be between {low:g} and {high:g} seconds, not {value:g}.",
         "err_model_missing": "{model} ({repo}) is not on this machine. Fetch it with: {command}",
         "err_oom": "Out of GPU memory. Release VRAM frees models kept from earlier jobs; for video, try fewer "
-        "frames or a lower resolution, or start with --offload model and --vae-tiling.",
+        "frames or a lower resolution, or start with --memory-level model_offload.",
         "err_oom_lowest_level": "Out of GPU memory even at the lowest memory level (sequential offload, VAE in tiles) "
         "for {model}, {frames} frames at {width} × {height}. Use fewer frames or a lower resolution, a smaller model, "
         "or close other programs using the GPU; Release VRAM drops models kept from earlier jobs.",
@@ -208,7 +208,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "err_duration_range": "时长必须在 {low:g} 到 {high:g} 秒之间，而不是 {value:g}。",
         "err_model_missing": "本机没有 {model}（{repo}）。下载命令：{command}",
         "err_oom": "GPU 显存不足。“释放显存”可卸载之前任务留下的模型；视频任务可减少帧数或降低分辨率，"
-        "或使用 --offload model 和 --vae-tiling 启动。",
+        "或使用 --memory-level model_offload 启动。",
         "err_oom_lowest_level": "即使在最低显存档位（逐层卸载、VAE 分块解码）下，{model} 生成 {frames} 帧 "
         "{width} × {height} 仍然显存不足。请减少帧数或降低分辨率、换用更小的模型，或关闭其他占用 GPU 的程序；"
         "“释放显存”可卸载之前任务留下的模型。",
