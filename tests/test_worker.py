@@ -75,7 +75,7 @@ def test_out_of_memory_fails_the_job_with_advice_and_frees_models(plain_worker, 
     job = wait_finished(plain_worker.submit("oom", None))
     assert job.state == JobState.FAILED
     assert job.error_key == "oom"
-    assert "--offload model" in job.error
+    assert "--memory-level model_offload" in job.error
     assert released == [True]
     assert wait_finished(plain_worker.submit("block", None)).state == JobState.DONE
 
