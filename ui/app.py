@@ -85,7 +85,7 @@ def build_demo(worker, settings, controller, log_buffer=None) -> gr.Blocks:
             with translator.bind(gr.Tab("Batch", id="batch"), label="batch_tab"):
                 language_hooks += build_batch_tab(worker, settings, translator, lang_state)
             with translator.bind(gr.Tab("History", id="history"), label="history_tab") as history_tab:
-                build_history_tab(worker, settings, translator, lang_state, forms, tabs, history_tab)
+                language_hooks += build_history_tab(worker, settings, translator, lang_state, forms, tabs, history_tab)
             with translator.bind(gr.Tab("System", id="system"), label="tab_system"):
                 describe, info = build_system_tab(worker, settings, controller, translator, lang_state)
         build_live_panel(worker, log_buffer, translator, lang_state, strip)

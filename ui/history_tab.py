@@ -38,6 +38,20 @@ def _file_url(path: Path) -> str:
     return f"/gradio_api/file={path.resolve().as_posix()}"
 
 
+COLUMNS = ("preview", "time", "task", "state", "title", "model", "seconds")
+
+
+def table_value(rows: list[list], lang: str) -> dict:
+    """The table's value with its headers in ``lang``."""
+    return {"headers": [t(lang, f"history_col_{c}") for c in COLUMNS], "data": rows}
+
+
+def filter_choices(lang: str) -> tuple[list, list]:
+    tasks = [(t(lang, "history_all"), ""), ("T2V", "t2v"), ("I2V", "i2v"), ("ASR", "asr")]
+    states = [(t(lang, "history_all"), "")] + [(t(lang, f"state_{s}"), s) for s in STATES]
+    return tasks, states
+
+
 def table_rows(history: History, entries: list[HistoryEntry], lang: str) -> list[list]:
     return [
         [
@@ -80,23 +94,23 @@ def reuse_values(entry: HistoryEntry, fields: dict[str, gr.components.Component]
 
 
 def build_history_tab(worker, settings, translator: Translator, lang_state: gr.State, forms: dict, tabs: gr.Tabs,
-                      tab: gr.Tab) -> None:
+                      tab: gr.Tab) -> list:
+    """Builds the tab; returns its language hooks (the table and the filters, whose texts come from values)."""
     history = History(settings.outputs_dir, worker.queue.store)
     demo = settings.demo
     translator.bind(gr.Markdown(t("en", "history_intro", folder=settings.outputs_dir.resolve())),
                     value=("history_intro", {"folder": str(settings.outputs_dir.resolve())}))
     with gr.Row():
-        task = translator.bind(
-            gr.Radio([("All", ""), ("T2V", "t2v"), ("I2V", "i2v"), ("ASR", "asr")], value="", label="Task",
-                     elem_id="history-task"), label="history_task")
-        state = translator.bind(
-            gr.Dropdown([("All", "")] + [(s, s) for s in STATES], value="", label="Status", elem_id="history-state"),
-            label="history_state")
+        task_choices, state_choices = filter_choices("en")
+        task = translator.bind(gr.Radio(task_choices, value="", label="Task", elem_id="history-task"),
+                               label="history_task")
+        state = translator.bind(gr.Dropdown(state_choices, value="", label="Status", elem_id="history-state"),
+                                label="history_state")
         search = translator.bind(gr.Textbox(label="Search", elem_id="history-search"), label="history_search")
         refresh = translator.bind(gr.Button("Refresh", elem_id="history-refresh"), value="history_refresh")
     count = gr.Markdown()
     table = gr.Dataframe(
-        headers=["Preview", "Time", "Task", "Status", "Prompt / file", "Model", "Seconds"],
+        headers=table_value([], "en")["headers"],
         datatype=["markdown", "str", "str", "str", "str", "str", "str"],
         interactive=False, wrap=True, elem_id="history-table", max_height=520,
     )
@@ -131,7 +145,7 @@ def build_history_tab(worker, settings, translator: Translator, lang_state: gr.S
                    and (not search_value or search_value.lower() in (e.title + " " + e.text).lower())]
         line = t(lang, "history_count", shown=len(entries), total=len(everything)) if everything else t(
             lang, "history_none")
-        return table_rows(history, entries, lang), [e.key for e in entries], line
+        return table_value(table_rows(history, entries, lang), lang), [e.key for e in entries], line
 
     list_inputs = [task, state, search, lang_state]
     list_outputs = [table, keys, count]
@@ -239,6 +253,12 @@ def build_history_tab(worker, settings, translator: Translator, lang_state: gr.S
         return t(lang, "history_stopped")
 
     stop.click(stop_job, [selected, lang_state], [note], api_name="history_stop", show_progress="hidden")
+
+    def relabel_filters(lang: str, task_value: str, state_value: str):
+        tasks, states = filter_choices(lang)
+        return gr.update(choices=tasks, value=task_value), gr.update(choices=states, value=state_value)
+
+    return [(relabel_filters, [lang_state, task, state], [task, state]), (listing, list_inputs, list_outputs)]
 
 
 def _plain_details(values: tuple) -> dict:

@@ -70,7 +70,8 @@ STRINGS: dict[str, dict[str, str]] = {
         "released": "Released {models}: {freed:.2f} GiB back ({before:.2f} → {after:.2f} GiB in use).",
         "released_nothing": "No model was resident; {freed:.2f} GiB back.",
         "restart": "Restart app",
-        "restart_info": "Restarts the app (queued jobs are cancelled); the page reconnects by itself.",
+        "restart_info": "Restarts the app; the page reconnects by itself. Waiting jobs stay queued and run when it is back; "
+        "a running job starts again from the beginning.",
         "restarting": "Restarting… the page reloads when the app is back.",
         "system_info": "System",
         "settings_title": "Started with",
@@ -183,7 +184,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "released": "已释放 {models}：归还 {freed:.2f} GiB（占用 {before:.2f} → {after:.2f} GiB）。",
         "released_nothing": "没有常驻模型；归还 {freed:.2f} GiB。",
         "restart": "重启应用",
-        "restart_info": "重启应用（排队的任务会被取消）；页面会自动重新连接。",
+        "restart_info": "重启应用；页面会自动重新连接。排队中的任务会保留，重启后继续运行；正在运行的任务会从头重新开始。",
         "restarting": "正在重启……应用恢复后页面会自动刷新。",
         "system_info": "系统",
         "settings_title": "启动参数",
