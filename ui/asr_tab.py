@@ -194,7 +194,7 @@ def build_asr_tab(worker, settings, translator: Translator, lang_state: gr.State
             files = [user_file(f, settings, "audio file") for f in (files if isinstance(files, list) else [files])]
             microphone = user_file(microphone, settings, "recording")
         except RequestError as error:
-            raise gr.Error(error_text(lang, error.key, error.params, str(error)))
+            raise gr.Error(error_text(lang, error.key, error.params, str(error)), print_exception=False)
         paths = [str(f) for f in (files or []) if f]
         names = [Path(p).name for p in paths]
         if microphone:
@@ -210,7 +210,7 @@ def build_asr_tab(worker, settings, translator: Translator, lang_state: gr.State
             asr_request = validate_asr(asr_request, demo=demo)  # fail fast, before the queue
             job = worker.submit("asr", asr_request, owner=owner_of(request))
         except RequestError as error:
-            raise gr.Error(error_text(lang, error.key, error.params, str(error)))
+            raise gr.Error(error_text(lang, error.key, error.params, str(error)), print_exception=False)
         skip = gr.skip()
         yield _status(lang, job, worker.position(job)), job.id, "", "", None, skip
         for _ in follow_job(job, timeout=2.0):
@@ -219,13 +219,13 @@ def build_asr_tab(worker, settings, translator: Translator, lang_state: gr.State
             yield t(lang, "asr_status_cancelled"), "", skip, skip, skip, skip
             return
         if job.state == JobState.FAILED:
-            raise gr.Error(error_text(lang, job.error_key, job.error_params, job.error))
+            raise gr.Error(error_text(lang, job.error_key, job.error_params, job.error), print_exception=False)
         result = job.result
         done = [entry for entry in result["files"] if entry["ok"]]
         failed = [entry for entry in result["files"] if not entry["ok"]]
         failures = [error_text(lang, e["error_key"], e["error_params"], e["error"]) for e in failed]
         if not done:
-            raise gr.Error("\n".join(failures))
+            raise gr.Error("\n".join(failures), print_exception=False)
         outputs = [path for entry in done for path in entry["files"].values()]
         if result.get("zip"):
             outputs.append(result["zip"])
@@ -256,7 +256,8 @@ def build_asr_tab(worker, settings, translator: Translator, lang_state: gr.State
         try:
             return cancel_own_job(worker, current_job_id, request)
         except RequestError as error:
-            raise gr.Error(error_text(request_language("", request), error.key, error.params, str(error)))
+            raise gr.Error(error_text(request_language("", request), error.key, error.params, str(error)),
+                           print_exception=False)
 
     stop.click(cancel, [job_id], None, api_name="asr_cancel", queue=False)
 

@@ -198,7 +198,7 @@ def build_batch_tab(worker, settings, translator: Translator, lang_state: gr.Sta
             plan = plan_for(task_name, rows_text, upload_path, model_id, preset_name, seed_value, seed_policy,
                             image_path)
         except RequestError as error:
-            raise gr.Error(_error(lang, error))
+            raise gr.Error(_error(lang, error), print_exception=False)
         bad = len(plan.errors)
         message = (t(lang, "batch_checked_bad", bad=bad, count=len(plan.rows)) if bad
                    else t(lang, "batch_checked_ok", count=len(plan.rows)))
@@ -235,7 +235,7 @@ def build_batch_tab(worker, settings, translator: Translator, lang_state: gr.Sta
                 raise batches.BatchError(plan.errors)
             run = batches.submit_batch(worker, plan, owner=owner_of(request))
         except RequestError as error:
-            raise gr.Error(_error(lang, error))
+            raise gr.Error(_error(lang, error), print_exception=False)
         labels = [batches.describe_row(plan.task, row.request)[0] for row in plan.rows]
         remember(run, labels)
         yield progress_line(lang, run), jobs_table(lang, run, labels, worker), run.id, None
@@ -263,7 +263,7 @@ def build_batch_tab(worker, settings, translator: Translator, lang_state: gr.Sta
         try:
             check_owner(run.jobs[0], request)  # with a login, only its own user stops a batch
         except RequestError as error:
-            raise gr.Error(_error(lang, error))
+            raise gr.Error(_error(lang, error), print_exception=False)
         return t(lang, "batch_stopped", batch=run.id, count=run.cancel(worker))
 
     stop.click(stop_all, [batch_id, lang_state], [status], api_name="batch_cancel", queue=False)

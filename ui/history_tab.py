@@ -166,7 +166,8 @@ def build_history_tab(worker, settings, translator: Translator, lang_state: gr.S
     def entry_for(key: str, request) -> HistoryEntry:
         entry = history.find(key, viewer(request)) if key else None
         if entry is None:
-            raise gr.Error(error_text(request_language("", request), "history_unknown", {}, "That entry is gone."))
+            raise gr.Error(error_text(request_language("", request), "history_unknown", {}, "That entry is gone."),
+                           print_exception=False)
         return entry
 
     def details(key: str, lang, request: gr.Request):
@@ -209,7 +210,7 @@ def build_history_tab(worker, settings, translator: Translator, lang_state: gr.S
         lang = request_language(lang, request)
         entry = entry_for(key, request) if key else None
         if entry is None:
-            raise gr.Error(t(lang, "history_pick"))
+            raise gr.Error(t(lang, "history_pick"), print_exception=False)
         values = reuse_values(entry, forms.get(entry.task, {}), demo)
         if not values:
             return gr.skip(), t(lang, "history_reuse_none"), *[gr.skip()] * len(form_components)
@@ -224,13 +225,13 @@ def build_history_tab(worker, settings, translator: Translator, lang_state: gr.S
     def delete_entry(key: str, task_value, state_value, search_value, lang, request: gr.Request):
         lang = request_language(lang, request)
         if not key:
-            raise gr.Error(t(lang, "history_pick"))
+            raise gr.Error(t(lang, "history_pick"), print_exception=False)
         try:
             moved = history.delete(key, viewer(request))
         except KeyError:
-            raise gr.Error(t(lang, "err_history_unknown")) from None
+            raise gr.Error(t(lang, "err_history_unknown"), print_exception=False) from None
         except ValueError:
-            raise gr.Error(t(lang, "err_history_busy")) from None
+            raise gr.Error(t(lang, "err_history_busy"), print_exception=False) from None
         message = (t(lang, "history_deleted", count=len(moved), folder=str(moved[0].parent)) if moved
                    else t(lang, "history_forgotten"))
         rows, key_list, line = listing(task_value, state_value, search_value, lang, request)
@@ -248,7 +249,7 @@ def build_history_tab(worker, settings, translator: Translator, lang_state: gr.S
         try:
             check_owner(job, request)
         except Exception as error:
-            raise gr.Error(error_text(lang, getattr(error, "key", ""), {}, str(error))) from None
+            raise gr.Error(error_text(lang, getattr(error, "key", ""), {}, str(error)), print_exception=False) from None
         worker.cancel(job.id)
         return t(lang, "history_stopped")
 

@@ -257,18 +257,19 @@ def build_i2v_tab(worker, settings, translator: Translator, lang_state: gr.State
         lang = request_language(lang, request)
         if not clip:
             raise gr.Error(_error_from(lang, "i2v_image_missing", {"what": "image", "name": ""},
-                                       "Pick a clip first."))
+                                       "Pick a clip first."), print_exception=False)
         clip_path = Path(clip).resolve()
         root = settings.outputs_dir.resolve()
         if root not in clip_path.parents or clip_path.suffix != ".mp4" or not clip_path.is_file():
             raise gr.Error(_error_from(lang, "i2v_image_gone", {"what": "image", "name": Path(clip).name},
-                                       f"{Path(clip).name} is not a clip in the outputs folder."))
+                                       f"{Path(clip).name} is not a clip in the outputs folder."),
+                           print_exception=False)
         target = clip_path.with_name(f"{clip_path.stem}_lastframe.png")
         try:
             if not target.is_file():
                 last_frame(clip_path, target)
         except RequestError as error:
-            raise gr.Error(_error(lang, error))
+            raise gr.Error(_error(lang, error), print_exception=False)
         return str(target)
 
     recent.focus(refresh_recent, [recent], [recent], **private)
@@ -283,7 +284,7 @@ def build_i2v_tab(worker, settings, translator: Translator, lang_state: gr.State
         try:  # no path from the API may leave the app's folders (Gradio already keeps them in its uploads)
             image_path, last_path = user_file(image_path, settings, "image"), user_file(last_path, settings, "last frame")
         except RequestError as error:
-            raise gr.Error(_error(lang, error))
+            raise gr.Error(_error(lang, error), print_exception=False)
         spec_id = model_id or DEFAULT_MODEL["i2v"]
         i2v_request = I2VRequest(
             image=image_path, last_image=last_path or None, prompt=prompt_text,
@@ -297,7 +298,7 @@ def build_i2v_tab(worker, settings, translator: Translator, lang_state: gr.State
             i2v_request = validate_i2v(i2v_request, demo=demo)  # fail fast, before the queue
             job = worker.submit("i2v", i2v_request, owner=owner_of(request))
         except RequestError as error:
-            raise gr.Error(_error(lang, error))
+            raise gr.Error(_error(lang, error), print_exception=False)
         skip = gr.skip()
         yield job_status(lang, job, worker.position(job)), job.id, None, skip, skip, str(i2v_request.seed), skip
         for fresh in follow_job(job):
@@ -306,7 +307,7 @@ def build_i2v_tab(worker, settings, translator: Translator, lang_state: gr.State
             yield t(lang, "status_cancelled"), "", skip, skip, skip, skip, skip
             return
         if job.state == JobState.FAILED:
-            raise gr.Error(_error_from(lang, job.error_key, dict(job.error_params), job.error))
+            raise gr.Error(_error_from(lang, job.error_key, dict(job.error_params), job.error), print_exception=False)
         result = job.result
         outputs = [c["video"] for c in result["clips"]] + [c["sidecar"] for c in result["clips"]] + [result["input"]]
         last = result["clips"][-1]
@@ -333,7 +334,7 @@ def build_i2v_tab(worker, settings, translator: Translator, lang_state: gr.State
         try:
             return cancel_own_job(worker, current_job_id, request)
         except RequestError as error:
-            raise gr.Error(_error(request_language("", request), error))
+            raise gr.Error(_error(request_language("", request), error), print_exception=False)
 
     stop.click(cancel, [job_id], None, api_visibility="private", queue=False)
 

@@ -271,7 +271,7 @@ def build_workers_section(worker, translator: Translator, lang_state: gr.State, 
         try:
             report = worker.release_vram(timeout=3600, worker=name or None)
         except RequestError as error:
-            raise gr.Error(error_text(lang, error.key, error.params, str(error)))
+            raise gr.Error(error_text(lang, error.key, error.params, str(error)), print_exception=False)
         return release_message(lang, report), workers_table(lang, rows(request))
 
     def on_restart(name: str, lang: str, request: gr.Request):

@@ -148,7 +148,7 @@ def build_t2v_tab(worker, settings, translator: Translator, lang_state: gr.State
             t2v_request = validate_t2v(t2v_request, demo=demo)  # fail fast, before the queue
             job = worker.submit("t2v", t2v_request, owner=owner_of(request))
         except RequestError as error:
-            raise gr.Error(error_text(lang, error.key, error.params, str(error)))
+            raise gr.Error(error_text(lang, error.key, error.params, str(error)), print_exception=False)
         skip = gr.skip()
         yield job_status(lang, job, worker.position(job)), job.id, None, skip, skip, str(t2v_request.seed), skip
         for fresh in follow_job(job):
@@ -157,7 +157,7 @@ def build_t2v_tab(worker, settings, translator: Translator, lang_state: gr.State
             yield t(lang, "status_cancelled"), "", skip, skip, skip, skip, skip
             return
         if job.state == JobState.FAILED:
-            raise gr.Error(error_text(lang, job.error_key, job.error_params, job.error))
+            raise gr.Error(error_text(lang, job.error_key, job.error_params, job.error), print_exception=False)
         result = job.result
         outputs = [c["video"] for c in result["clips"]] + [c["sidecar"] for c in result["clips"]]
         last = result["clips"][-1]
@@ -183,7 +183,8 @@ def build_t2v_tab(worker, settings, translator: Translator, lang_state: gr.State
         try:
             return cancel_own_job(worker, current_job_id, request)
         except RequestError as error:
-            raise gr.Error(error_text(request_language("", request), error.key, error.params, str(error)))
+            raise gr.Error(error_text(request_language("", request), error.key, error.params, str(error)),
+                           print_exception=False)
 
     stop.click(cancel, [job_id], None, api_name="cancel", queue=False)
     if forms is not None:  # for the History tab's "Reuse settings": request field -> component
