@@ -373,13 +373,9 @@ class RayExecutor:
 
     def _outputs_complete(self, stored) -> bool:
         """Whether the outputs folder holds every sidecar an interrupted job was to write (as GPUWorker)."""
-        from .history import History
+        from .history import outputs_complete
 
-        expected = getattr(stored.request, "clips", None) or len(getattr(stored.request, "files", None) or [])
-        if not isinstance(expected, int) or expected < 1:
-            return False
-        written = [e for e in History(self.settings.outputs_dir).entries() if e.job_id == stored.id]
-        return len(written) >= expected
+        return outputs_complete(self.settings.outputs_dir, stored)
 
     # --- workers -------------------------------------------------------------------------------------
 

@@ -237,6 +237,16 @@ class History:
             return None
 
 
+def outputs_complete(outputs_dir: Path, stored) -> bool:
+    """Whether ``outputs_dir`` holds every sidecar the stored job was to write (a clip per ``clips``, a
+    transcript per file): an interrupted job that had written them all is done, not to be run again."""
+    expected = getattr(stored.request, "clips", None) or len(getattr(stored.request, "files", None) or [])
+    if not isinstance(expected, int) or expected < 1:
+        return False
+    written = [e for e in History(outputs_dir).entries() if e.job_id == stored.id]
+    return len(written) >= expected
+
+
 def _timestamp(value: Any) -> float | None:
     if not isinstance(value, str):
         return None

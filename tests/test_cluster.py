@@ -20,6 +20,7 @@ from pipelines.jobs import JobState
 from pipelines.settings import Settings
 from pipelines.t2v import T2VRequest
 from tests.conftest import app_data_dir, free_port, start_app, stop_app
+from tests.conftest import wait_finished as wait_for_job
 
 try:
     import ray
@@ -50,12 +51,8 @@ def wait_until(condition, timeout: float, what: str) -> None:
 
 
 def wait_finished(job, timeout: float = 300.0):
-    deadline = time.time() + timeout
-    seen = -1
-    while not job.state.finished:
-        assert time.time() < deadline, f"job {job.id} still {job.state} after {timeout} s"
-        seen = job.wait_for_change(seen, 1.0)
-    return job
+    """conftest's, with room for a Ray worker's first model build."""
+    return wait_for_job(job, timeout)
 
 
 def request(steps: int = 4, seed: int = 1, model: str = "wan2.1-t2v-1.3b") -> T2VRequest:

@@ -23,7 +23,7 @@ from pipelines.registry import DEFAULT_MODEL, get_spec, models_for
 
 from .i18n import Translator, error_text, request_language, t
 from .i18n import model_note as catalogue_note
-from .identity import cancel_own_job, owner_of
+from .identity import cancel_handler, owner_of
 from .job_status import follow_job
 
 
@@ -252,12 +252,7 @@ def build_asr_tab(worker, settings, translator: Translator, lang_state: gr.State
         show_progress="minimal",
     )
 
-    def cancel(current_job_id: str, request: gr.Request) -> bool:
-        try:
-            return cancel_own_job(worker, current_job_id, request)
-        except RequestError as error:
-            raise gr.Error(error_text(request_language("", request), error.key, error.params, str(error)),
-                           print_exception=False)
+    cancel = cancel_handler(worker)
 
     stop.click(cancel, [job_id], None, api_name="asr_cancel", queue=False)
 

@@ -17,7 +17,7 @@ from pipelines.registry import DEFAULT_MODEL, I2V_MAX_AREA, get_spec, models_for
 
 from .i18n import Translator, error_text, request_language, t
 from .i18n import model_note as catalogue_note
-from .identity import cancel_own_job, owner_of
+from .identity import cancel_handler, owner_of
 from .job_status import follow_job, job_status
 
 RECENT_CLIPS = 30
@@ -330,11 +330,7 @@ def build_i2v_tab(worker, settings, translator: Translator, lang_state: gr.State
     )
     generated.then(refresh_recent, [recent], [recent], **private)
 
-    def cancel(current_job_id: str, request: gr.Request) -> bool:
-        try:
-            return cancel_own_job(worker, current_job_id, request)
-        except RequestError as error:
-            raise gr.Error(_error(request_language("", request), error), print_exception=False)
+    cancel = cancel_handler(worker)
 
     stop.click(cancel, [job_id], None, api_visibility="private", queue=False)
 

@@ -68,6 +68,22 @@ def cancel_own_job(worker, job_id: str, request) -> bool:
     return worker.cancel(job.id)
 
 
+def cancel_handler(worker):
+    """The tabs' Stop: cancels the caller's own job (another user's is refused with a translated message)."""
+    import gradio as gr
+
+    from .i18n import error_text, request_language
+
+    def cancel(current_job_id: str, request: gr.Request) -> bool:
+        try:
+            return cancel_own_job(worker, current_job_id, request)
+        except RequestError as error:
+            raise gr.Error(error_text(request_language("", request), error.key, error.params, str(error)),
+                           print_exception=False) from None
+
+    return cancel
+
+
 # --- the guard ------------------------------------------------------------------------------------------
 
 # What the login page itself needs before anyone has logged in: the page, its scripts, styles and icons,
