@@ -88,3 +88,20 @@ def test_live_preview_follows_the_running_job_and_clears_after():
     assert update is None and shown is None
     update, shown = live_preview(None, shown)
     assert isinstance(update, type(gr.skip())) and shown is None
+
+
+def test_every_handler_takes_the_inputs_it_is_given(tmp_path):
+    """Gradio warns when a handler's signature does not match its inputs (for example a ``gr.Request``
+    annotation it cannot resolve); such a handler fails when called, so building the page must not warn."""
+    import warnings
+
+    from pipelines.settings import Settings
+    from pipelines.worker import GPUWorker
+    from ui.app import build_demo
+
+    settings = Settings(outputs_dir=tmp_path / "outputs", data_dir=tmp_path / "data", demo=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        build_demo(GPUWorker(settings), settings, None)
+    mismatched = [str(w.message) for w in caught if "arguments for function" in str(w.message)]
+    assert mismatched == []

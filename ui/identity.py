@@ -18,6 +18,8 @@ import json
 import logging
 import re
 
+import gradio as gr
+
 from pipelines.jobs import RequestError
 
 logger = logging.getLogger(__name__)
@@ -70,8 +72,6 @@ def cancel_own_job(worker, job_id: str, request) -> bool:
 
 def cancel_handler(worker):
     """The tabs' Stop: cancels the caller's own job (another user's is refused with a translated message)."""
-    import gradio as gr
-
     from .i18n import error_text, request_language
 
     def cancel(current_job_id: str, request: gr.Request) -> bool:
