@@ -49,6 +49,7 @@ from .video import (
     PREVIEW_UPDATES,
     PREVIEW_UPSCALE,
     check_step_cache,
+    clips_already_written,
     encode_cached,
     fast_path_record,
     run_with_memory_ladder,
@@ -335,7 +336,8 @@ def run_i2v(job: Job, ctx) -> dict:
     frame = fit_image(image.image, (request.width, request.height), request.fit)
     last_frame = fit_image(last.image, (request.width, request.height), request.fit) if last else None
 
-    clips: list[dict] = []  # kept across out-of-memory retries: a retry makes only the clips not yet written
+    # Kept across out-of-memory retries (and a restart): a retry makes only the clips not yet written.
+    clips: list[dict] = clips_already_written(ctx, job)
     inputs: dict[str, dict] = {}
 
     def attempt(model, loaded_now, retries):

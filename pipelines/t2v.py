@@ -35,6 +35,7 @@ from .video import (
     PREVIEW_UPSCALE,
     WAN_TEXT_TOKENS,
     check_step_cache,
+    clips_already_written,
     decode_wan_latents,
     encode_cached,
     fast_path_record,
@@ -158,7 +159,8 @@ def run_t2v(job: Job, ctx) -> dict:
     spec = get_spec(request.model)
     if (parallel := run_parallel("t2v", job, ctx, request, spec)) is not None:  # --parallel N (pipelines/parallel.py)
         return parallel
-    clips: list[dict] = []  # kept across out-of-memory retries: a retry makes only the clips not yet written
+    # Kept across out-of-memory retries (and a restart): a retry makes only the clips not yet written.
+    clips: list[dict] = clips_already_written(ctx, job)
 
     def attempt(model, loaded_now, retries):
         _make_clips(job, ctx, request, spec, model, loaded_now, retries, clips)

@@ -84,6 +84,20 @@ def oom_advice(spec, request) -> str:
             "Release VRAM drops models kept from earlier jobs.")
 
 
+def clips_already_written(ctx, job) -> list[dict]:
+    """Clips an earlier, interrupted run of this job wrote before the app stopped (it runs again after a
+    restart): they are kept and counted, and only the rest are made. Empty on a first attempt."""
+    if job.attempts < 2:
+        return []
+    from .history import History
+
+    entries = sorted((e for e in History(ctx.settings.outputs_dir).entries() if e.job_id == job.id and e.video),
+                     key=lambda e: e.created)
+    if entries:
+        ctx.note(f"{len(entries)} clip(s) were written before the app stopped; they are kept, not made again.")
+    return [{"video": str(e.video), "sidecar": str(e.sidecar), "seed": e.settings.get("seed")} for e in entries]
+
+
 def run_with_memory_ladder(ctx, job, spec, request, attempt):
     """``attempt(model, loaded_now, retries)`` runs what is left of the job on the resident model. On CUDA
     out-of-memory, memory is freed, the model goes one level down the ladder (``pipelines.memory_levels``;

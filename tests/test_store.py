@@ -179,3 +179,30 @@ def test_a_job_that_wrote_all_its_outputs_before_the_crash_is_not_run_twice(sett
     assert log == [], "not run again"
     row = JobStore(store_path).get(job_id)
     assert row.state == "done" and "not run again" in row.notes[-1]
+
+
+def test_a_restarted_job_keeps_the_clips_it_had_written(settings, tmp_path):
+    """Stopped between its two clips, a job makes only the second one when the app is back."""
+    store_path = tmp_path / "jobs.sqlite3"
+    worker = GPUWorker(settings, store=JobStore(store_path))
+    worker.start()
+    assert worker.wait_ready(60)
+    job = worker.submit("t2v", T2VRequest(prompt="two clips", resolution="240p", frames=9, steps=40, seed=300, clips=2))
+    try:
+        deadline = time.time() + 120
+        while not list(settings.outputs_dir.rglob("*_t2v_300.mp4")):
+            assert time.time() < deadline and not job.state.finished, "the first clip never came"
+            time.sleep(0.05)
+    finally:
+        worker.stop()
+    assert job.state == JobState.CANCELLED, "stopped during the second clip"
+    worker = GPUWorker(settings, store=JobStore(store_path))
+    worker.start()
+    try:
+        again = wait_finished(worker.job(job.id), 120)
+    finally:
+        worker.stop()
+    assert again.state == JobState.DONE and again.attempts == 2
+    assert [c["seed"] for c in again.result["clips"]] == [300, 301]
+    assert sorted(p.name.split("_")[-1] for p in settings.outputs_dir.rglob("*.mp4")) == ["300.mp4", "301.mp4"]
+    assert any("kept, not made again" in note for note in again.notes)
