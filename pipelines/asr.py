@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import logging
 import math
 import time
@@ -813,6 +814,37 @@ def _write_zip(outputs_dir: Path, results: list[dict]) -> Path:
     return write_atomic(stem.with_name(f"{stem.name}.zip"), write)
 
 
+def _transcribed_before(ctx, job) -> dict[str, dict]:
+    """The files an earlier, interrupted run of this job transcribed (it runs again after a restart), by
+    name, as ``transcribe`` returns them, rebuilt from their sidecars. Empty on a first attempt."""
+    if job.attempts < 2:
+        return {}
+    from .history import History
+    from .subtitles import Segment, timestamped_text
+
+    found = {}
+    for entry in History(ctx.settings.outputs_dir).entries():
+        if entry.job_id != job.id or entry.task != "asr" or entry.sidecar is None:
+            continue
+        try:
+            data = json.loads(entry.sidecar.read_text(encoding="utf-8"))
+            segments = [Segment(d["start"], d["end"], d["text"]) for d in data["segments"]]
+            found[data["source"]["name"]] = {
+                "name": data["source"]["name"], "ok": True,
+                "language": data["language"].get("used") or data["language"].get("detected"),
+                "language_probability": data["language"].get("probability"),
+                "duration_s": data["audio"]["duration_s"], "segments": len(data["segments"]),
+                "cues": data["subtitles"]["cues"], "notes": [], "text": data["text"],
+                "transcript": timestamped_text(segments),
+                "files": {suffix: str(entry.sidecar.parent / name) for suffix, name in data["outputs"].items()},
+            }
+        except (OSError, ValueError, KeyError, TypeError) as error:  # an unreadable sidecar: transcribe again
+            logger.warning("Job %s: cannot reuse %s (%s)", job.id, entry.sidecar, error)
+    if found:
+        ctx.note(f"{len(found)} file(s) were transcribed before the app stopped; they are kept, not done again.")
+    return found
+
+
 def run_asr(job: Job, ctx) -> dict:
     """Run a validated ``ASRRequest`` over its files; returns one entry per file (done or failed) and the zip."""
     request: ASRRequest = validate_asr(job.request, demo=ctx.settings.demo)
@@ -833,10 +865,15 @@ def run_asr(job: Job, ctx) -> dict:
     ctx.note(f"{len(request.files)} file(s), {request.mode} decoding, batch size {transcriber.batch_size} "
              f"({transcriber.batch_how}).")
 
-    # 2. Each file; a bad one is reported and the others go on.
+    # 2. Each file; a bad one is reported and the others go on. After a restart, files this job had
+    # already transcribed are kept, not transcribed again.
+    done_before = _transcribed_before(ctx, job)
     results: list[dict] = []
     for index, (path, name) in enumerate(zip(request.files, request.names)):
         ctx.check_cancel()
+        if name in done_before:
+            results.append(done_before.pop(name))
+            continue
         try:
             results.append(transcriber.transcribe(path, name, index, len(request.files)))
         except (JobCancelled, KeyboardInterrupt):

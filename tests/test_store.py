@@ -206,3 +206,37 @@ def test_a_restarted_job_keeps_the_clips_it_had_written(settings, tmp_path):
     assert [c["seed"] for c in again.result["clips"]] == [300, 301]
     assert sorted(p.name.split("_")[-1] for p in settings.outputs_dir.rglob("*.mp4")) == ["300.mp4", "301.mp4"]
     assert any("kept, not made again" in note for note in again.notes)
+
+
+def test_a_restarted_transcription_keeps_the_files_it_had_done(settings, tmp_path):
+    """Two files transcribed, the app dies before the second is recorded: only that one is done again."""
+    from pipelines.asr import ASRRequest
+    from tests.test_asr_pipeline import speechlike, write_wav
+
+    files = [str(write_wav(tmp_path / f"{name}.wav", speechlike(3.0, seed=i))) for i, name in enumerate(("one", "two"))]
+    store_path = tmp_path / "jobs.sqlite3"
+    worker = GPUWorker(settings, store=JobStore(store_path))
+    worker.start()
+    try:
+        job = wait_finished(worker.submit("asr", ASRRequest(files=files)), 120)
+    finally:
+        worker.stop()
+    assert job.state == JobState.DONE
+    second = next(p for p in settings.outputs_dir.rglob("*_asr_two.json"))
+    for written in second.parent.glob(second.stem + ".*"):  # as if the app died before writing "two"
+        written.unlink()
+    store = JobStore(store_path)
+    job.state, job.attempts = JobState.RUNNING, 1
+    store.save(job)
+
+    worker = GPUWorker(settings, store=JobStore(store_path))
+    worker.start()
+    try:
+        again = wait_finished(worker.job(job.id), 120)
+    finally:
+        worker.stop()
+    assert again.state == JobState.DONE and again.attempts == 2
+    assert [f["name"] for f in again.result["files"]] == ["one.wav", "two.wav"]
+    assert all(f["ok"] and f["transcript"].startswith("[00:") for f in again.result["files"])
+    assert sorted(p.name.split("_", 2)[-1] for p in settings.outputs_dir.rglob("*.srt")) == ["one.srt", "two.srt"]
+    assert any("kept, not done again" in note for note in again.notes)
