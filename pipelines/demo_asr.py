@@ -106,6 +106,24 @@ def _unreadable(text: str) -> bool:
     return any(c == "\ufffd" or unicodedata.category(c) == "Cc" for c in text)
 
 
+def whisper_token_ids(tokenizer) -> dict:
+    """The special-token part of a Whisper generation config (start, end, languages, tasks), with this
+    tokenizer's ids: shared by the demo model and the random-weight real architectures."""
+    ids = tokenizer.convert_tokens_to_ids
+    eos = ids("<|endoftext|>")
+    return {
+        "bos_token_id": eos,
+        "eos_token_id": eos,
+        "pad_token_id": eos,
+        "decoder_start_token_id": ids("<|startoftranscript|>"),
+        "prev_sot_token_id": ids("<|startofprev|>"),
+        "no_timestamps_token_id": ids("<|notimestamps|>"),
+        "is_multilingual": True,
+        "lang_to_id": {f"<|{code}|>": ids(f"<|{code}|>") for code in LANGUAGE_CODES},
+        "task_to_id": {"translate": ids("<|translate|>"), "transcribe": ids("<|transcribe|>")},
+    }
+
+
 def whisper_generation_config(tokenizer, decoder_layers: int, decoder_heads: int):
     """The generation config Whisper checkpoints ship, with this tokenizer's ids."""
     from transformers import GenerationConfig
@@ -119,15 +137,7 @@ def whisper_generation_config(tokenizer, decoder_layers: int, decoder_heads: int
     # UTF-8 continuation bytes, no control characters), so the demo's transcripts are readable nonsense rather than "\ufffd".
     suppress |= {i for i in range(eos) if _unreadable(tokenizer.decode([i]))}
     return GenerationConfig(
-        bos_token_id=eos,
-        eos_token_id=eos,
-        pad_token_id=eos,
-        decoder_start_token_id=ids("<|startoftranscript|>"),
-        prev_sot_token_id=ids("<|startofprev|>"),
-        no_timestamps_token_id=ids("<|notimestamps|>"),
-        is_multilingual=True,
-        lang_to_id={f"<|{code}|>": ids(f"<|{code}|>") for code in LANGUAGE_CODES},
-        task_to_id={"translate": ids("<|translate|>"), "transcribe": ids("<|transcribe|>")},
+        **whisper_token_ids(tokenizer),
         max_initial_timestamp_index=50,
         max_length=448,
         return_timestamps=False,

@@ -82,14 +82,8 @@ class History:
             if not entry.owner:
                 entry.owner = owners.get(entry.job_id, "")
         found += self._from_store()
-        wanted = search.strip().lower()
-        shown = [
-            entry for entry in found
-            if (owner is None or entry.owner in ("", owner))
-            and (not task or entry.task == task)
-            and (not state or entry.state == state)
-            and (not wanted or wanted in entry.title.lower() or wanted in entry.text.lower())
-        ]
+        shown = [entry for entry in found if (owner is None or entry.owner in ("", owner))
+                 and matches(entry, task, state, search)]
         shown.sort(key=lambda entry: entry.created, reverse=True)
         return shown[:limit]
 
@@ -155,9 +149,7 @@ class History:
         return entry
 
     def _owners_by_job(self) -> dict[str, str]:
-        if self.store is None:
-            return {}
-        return {row.id: row.owner for row in self.store.rows(limit=100_000)}
+        return self.store.owners() if self.store is not None else {}
 
     def _from_store(self) -> list[HistoryEntry]:
         """Jobs without outputs: failed, cancelled, waiting or running."""
@@ -235,6 +227,13 @@ class History:
         except (OSError, subprocess.SubprocessError) as error:
             logger.warning("No thumbnail for %s: %s", entry.video, error)
             return None
+
+
+def matches(entry: HistoryEntry, task: str = "", state: str = "", search: str = "") -> bool:
+    """Whether ``entry`` passes the History's filters (empty ones pass everything)."""
+    wanted = search.strip().lower()
+    return ((not task or entry.task == task) and (not state or entry.state == state)
+            and (not wanted or wanted in entry.title.lower() or wanted in entry.text.lower()))
 
 
 def outputs_complete(outputs_dir: Path, stored) -> bool:

@@ -153,7 +153,7 @@ def build_random_whisper(model_id: str, device: str, dtype, attn_implementation:
     from transformers import GenerationConfig
 
     from .asr import WhisperBundle
-    from .demo_asr import LANGUAGE_CODES
+    from .demo_asr import whisper_token_ids
 
     config = config_for(model_id)
     torch.manual_seed(0)
@@ -162,16 +162,8 @@ def build_random_whisper(model_id: str, device: str, dtype, attn_implementation:
     if len(tokenizer) != vocab_size:
         raise ValueError(f"{model_id}: the tokenizer has {len(tokenizer)} ids, the model {vocab_size}.")
     model = build_component(config["model"], device, dtype, attn_implementation=attn_implementation)
-    ids = tokenizer.convert_tokens_to_ids
-    eos = ids("<|endoftext|>")
     model.generation_config = GenerationConfig(
-        bos_token_id=eos, eos_token_id=eos, pad_token_id=eos,
-        decoder_start_token_id=ids("<|startoftranscript|>"),
-        prev_sot_token_id=ids("<|startofprev|>"),
-        no_timestamps_token_id=ids("<|notimestamps|>"),
-        is_multilingual=True,
-        lang_to_id={f"<|{code}|>": ids(f"<|{code}|>") for code in LANGUAGE_CODES},
-        task_to_id={"translate": ids("<|translate|>"), "transcribe": ids("<|transcribe|>")},
+        **whisper_token_ids(tokenizer),
         return_timestamps=False,
         **config["generation_config"],
     )

@@ -211,6 +211,11 @@ class JobStore:
             found = self._db.execute(query, args).fetchall()
         return [job for job in map(self._stored, found) if job is not None]
 
+    def owners(self) -> dict[str, str]:
+        """Job id -> owner, for every stored job (without reading the requests back)."""
+        with self._lock:
+            return dict(self._db.execute("SELECT id, owner FROM jobs").fetchall())
+
     def get(self, job_id: str) -> StoredJob | None:
         with self._lock:
             row = self._db.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()

@@ -431,7 +431,25 @@ def template_venv(tmp_path_factory):
     return path
 
 
-class Sandbox:
+class LauncherRecord:
+    """What a launcher run left behind, read the same way for start.sh here and start.bat under Wine: the
+    stand-in pip's calls (``pip_calls``, given by the subclass) and the stand-in app's runs (``app_state``)."""
+
+    app_state: Path
+
+    def pip_calls(self) -> list[list[str]]:
+        raise NotImplementedError
+
+    def torch_install(self) -> list[str]:
+        calls = [c for c in self.pip_calls() if c[0] == "install" and any(a.startswith("torch=") for a in c)]
+        assert len(calls) == 1, self.pip_calls()
+        return calls[0][1:]
+
+    def app_runs(self) -> list[dict]:
+        return json.loads(self.app_state.read_text()) if self.app_state.exists() else []
+
+
+class Sandbox(LauncherRecord):
     def __init__(self, root: Path, template: Path | None):
         self.root = root
         self.repo = root / "repo"
@@ -478,13 +496,6 @@ class Sandbox:
         calls = [json.loads(line) for line in self.pip_log.read_text().splitlines()]
         return [_drop_log_option(call) for call in calls if call[:1] != ["--version"]]
 
-    def torch_install(self) -> list[str]:
-        calls = [c for c in self.pip_calls() if c[0] == "install" and any(a.startswith("torch=") for a in c)]
-        assert len(calls) == 1, self.pip_calls()
-        return calls[0][1:]
-
-    def app_runs(self) -> list[dict]:
-        return json.loads(self.app_state.read_text()) if self.app_state.exists() else []
 
 
 def _drop_log_option(call: list[str]) -> list[str]:

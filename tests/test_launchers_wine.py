@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -43,11 +42,12 @@ import pytest
 
 from tests.test_launchers import (
     FAKE_TORCH,
-    SMI_GTX1080_OLD,
     SMI_RTX4090_WIN,
     SMI_RTX5090_560,
     SMI_RTX5090_576,
     SMI_RTX5090_581,
+    LauncherRecord,
+    _drop_log_option,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -418,7 +418,7 @@ class Result:
         return self.stdout + self.stderr
 
 
-class WineBox:
+class WineBox(LauncherRecord):
     def __init__(self, root: Path, wine: Wine, folder: str = "cinescribe", *, venv: bool = True,
                  pythons: dict[str, dict] | None = None):
         self.root, self.wine = root, wine
@@ -497,13 +497,6 @@ class WineBox:
         calls = [c["args"][2:] for c in self.all_calls() if c["args"][:2] == ["-m", "pip"]]
         return [_drop_log_option(call) for call in calls if call[:1] != ["--version"]]
 
-    def torch_install(self) -> list[str]:
-        calls = [c for c in self.pip_calls() if c[0] == "install" and any(a.startswith("torch=") for a in c)]
-        assert len(calls) == 1, self.pip_calls()
-        return calls[0][1:]
-
-    def app_runs(self) -> list[dict]:
-        return json.loads(self.app_state.read_text()) if self.app_state.exists() else []
 
     def log(self) -> str:
         path = self.repo / "logs" / "setup.log"
@@ -512,18 +505,6 @@ class WineBox:
 
 def _text(data: bytes) -> str:
     return data.decode("utf-8", errors="replace").replace("\r\n", "\n")
-
-
-def _drop_log_option(call: list[str]) -> list[str]:
-    out, skip = [], False
-    for arg in call:
-        if skip:
-            skip = False
-        elif arg == "--log":
-            skip = True
-        else:
-            out.append(arg)
-    return out
 
 
 @pytest.fixture

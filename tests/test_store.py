@@ -32,11 +32,22 @@ def runs_recorder(log: list):
     return run
 
 
-def make_worker(settings, store_path, log):
-    worker = GPUWorker(settings, handlers={"echo": runs_recorder(log)}, store=JobStore(store_path))
+def make_worker(settings, store_path, log=None):
+    """A worker on the store at ``store_path``: with the recording task when given ``log``, else the real tasks."""
+    handlers = {"echo": runs_recorder(log)} if log is not None else None
+    worker = GPUWorker(settings, handlers=handlers, store=JobStore(store_path))
     worker.start()
-    assert worker.wait_ready(30)
+    assert worker.wait_ready(60)
     return worker
+
+
+def run_after_restart(settings, store_path, job_id: str):
+    """Start the app's worker again on the store and return job ``job_id`` once it has run again."""
+    worker = make_worker(settings, store_path)
+    try:
+        return wait_finished(worker.job(job_id), 120)
+    finally:
+        worker.stop()
 
 
 def test_requests_round_trip_as_their_own_class():
@@ -184,9 +195,7 @@ def test_a_job_that_wrote_all_its_outputs_before_the_crash_is_not_run_twice(sett
 def test_a_restarted_job_keeps_the_clips_it_had_written(settings, tmp_path):
     """Stopped between its two clips, a job makes only the second one when the app is back."""
     store_path = tmp_path / "jobs.sqlite3"
-    worker = GPUWorker(settings, store=JobStore(store_path))
-    worker.start()
-    assert worker.wait_ready(60)
+    worker = make_worker(settings, store_path)
     job = worker.submit("t2v", T2VRequest(prompt="two clips", resolution="240p", frames=9, steps=40, seed=300, clips=2))
     try:
         deadline = time.time() + 120
@@ -196,12 +205,7 @@ def test_a_restarted_job_keeps_the_clips_it_had_written(settings, tmp_path):
     finally:
         worker.stop()
     assert job.state == JobState.CANCELLED, "stopped during the second clip"
-    worker = GPUWorker(settings, store=JobStore(store_path))
-    worker.start()
-    try:
-        again = wait_finished(worker.job(job.id), 120)
-    finally:
-        worker.stop()
+    again = run_after_restart(settings, store_path, job.id)
     assert again.state == JobState.DONE and again.attempts == 2
     assert [c["seed"] for c in again.result["clips"]] == [300, 301]
     assert sorted(p.name.split("_")[-1] for p in settings.outputs_dir.rglob("*.mp4")) == ["300.mp4", "301.mp4"]
@@ -215,8 +219,7 @@ def test_a_restarted_transcription_keeps_the_files_it_had_done(settings, tmp_pat
 
     files = [str(write_wav(tmp_path / f"{name}.wav", speechlike(3.0, seed=i))) for i, name in enumerate(("one", "two"))]
     store_path = tmp_path / "jobs.sqlite3"
-    worker = GPUWorker(settings, store=JobStore(store_path))
-    worker.start()
+    worker = make_worker(settings, store_path)
     try:
         job = wait_finished(worker.submit("asr", ASRRequest(files=files)), 120)
     finally:
@@ -229,12 +232,7 @@ def test_a_restarted_transcription_keeps_the_files_it_had_done(settings, tmp_pat
     job.state, job.attempts = JobState.RUNNING, 1
     store.save(job)
 
-    worker = GPUWorker(settings, store=JobStore(store_path))
-    worker.start()
-    try:
-        again = wait_finished(worker.job(job.id), 120)
-    finally:
-        worker.stop()
+    again = run_after_restart(settings, store_path, job.id)
     assert again.state == JobState.DONE and again.attempts == 2
     assert [f["name"] for f in again.result["files"]] == ["one.wav", "two.wav"]
     assert all(f["ok"] and f["transcript"].startswith("[00:") for f in again.result["files"])

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from pipelines.history import History, HistoryEntry
+from pipelines.history import History, HistoryEntry, matches
 from pipelines.registry import get_spec
 
 from .i18n import Translator, error_text, request_language, t
@@ -140,9 +140,7 @@ def build_history_tab(worker, settings, translator: Translator, lang_state: gr.S
         lang = request_language(lang, request)
         owner = viewer(request)
         everything = history.entries(owner)
-        entries = [e for e in everything if (not task_value or e.task == task_value)
-                   and (not state_value or e.state == state_value)
-                   and (not search_value or search_value.lower() in (e.title + " " + e.text).lower())]
+        entries = [e for e in everything if matches(e, task_value, state_value, search_value or "")]
         line = t(lang, "history_count", shown=len(entries), total=len(everything)) if everything else t(
             lang, "history_none")
         return table_value(table_rows(history, entries, lang), lang), [e.key for e in entries], line
