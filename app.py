@@ -14,7 +14,7 @@ import sys
 import threading
 from pathlib import Path
 
-from pipelines.settings import (
+from pipelines.studio.settings import (
     ATTENTION_BACKENDS,
     BATCH_GUIDANCE,
     MEMORY_LEVELS,
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     _prepare_environment(settings)
 
-    from pipelines.logbuffer import install
+    from pipelines.studio.logbuffer import install
 
     log_buffer = install(getattr(logging, args.log_level), log_file=settings.logs_dir / "cinescribe.log")
     from diffusers.utils import logging as diffusers_logging
@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
 
-    from pipelines.worker import GPUWorker
+    from pipelines.device.worker import GPUWorker
     from ui.app import build_demo, launch_options
 
     host = "0.0.0.0" if args.listen else args.host
@@ -212,13 +212,13 @@ def main(argv: list[str] | None = None) -> int:
     if settings.demo:
         logger.info("Demo mode: tiny random models, clips are noise.")
 
-    from pipelines.outputs import sweep_partials
-    from pipelines.store import JobStore
+    from pipelines.studio.outputs import sweep_partials
+    from pipelines.studio.store import JobStore
 
     if swept := sweep_partials(settings.outputs_dir):
         logger.info("Removed %d unfinished file(s) left by an earlier crash", swept)
     if settings.cluster:  # one queue over the GPUs of a Ray cluster (pipelines/cluster.py)
-        from pipelines.cluster import ClusterError, RayExecutor
+        from pipelines.scale.cluster import ClusterError, RayExecutor
 
         worker = RayExecutor(settings, store=JobStore(settings.jobs_db))
         try:

@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipelines.settings import ATTENTION_BACKENDS, BATCH_GUIDANCE, MEMORY_LEVELS, OFFLOAD_MODES, Settings  # noqa: E402
+from pipelines.studio.settings import ATTENTION_BACKENDS, BATCH_GUIDANCE, MEMORY_LEVELS, OFFLOAD_MODES, Settings  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -76,8 +76,8 @@ def main(argv=None) -> int:
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
 
-    from pipelines.benchmark import run_benchmark, standard_workloads, write_report
-    from pipelines.worker import GPUWorker
+    from pipelines.bench.benchmark import run_benchmark, standard_workloads, write_report
+    from pipelines.device.worker import GPUWorker
 
     settings = Settings(outputs_dir=args.outputs, data_dir=args.data_dir, device=args.device, dtype=args.dtype,
                         attention=args.attention, offload=args.offload, demo=args.demo,

@@ -200,7 +200,7 @@ def check_disk(label: str, folder: Path) -> Check:
 def check_models() -> list[Check]:
     from huggingface_hub import snapshot_download
 
-    from pipelines.registry import CATALOGUE
+    from pipelines.families.catalogue import CATALOGUE
 
     cached, missing = [], []
     for spec in CATALOGUE.values():

@@ -10,7 +10,7 @@ Run it with the venv's Python (``.venv/bin/python`` or ``.venv\\Scripts\\python.
 ``huggingface_hub``. Weights land in the normal cache (``HF_HOME``, default ~/.cache/huggingface),
 where the app finds them; ``--local-dir`` puts each model in its own folder instead.
 
-Model ids come from the app's catalogue (``pipelines/registry.py``) plus a built-in table, so the
+Model ids come from the app's catalogue (``pipelines/families/``) plus a built-in table, so the
 script also works on its own. Any ``org/name`` Hugging Face repository id is accepted too.
 
 Network trouble gives a short message and exit code 1 (no traceback); ``HF_ENDPOINT`` selects a
@@ -41,7 +41,7 @@ class Entry:
     revision: str | None = None
 
 
-# Fallback catalogue (and download-size hints) used when pipelines/registry.py is missing or lacks
+# Fallback catalogue (and download-size hints) used when pipelines/families/ is missing or lacks
 # an id. Sizes are approximate: the umT5-XXL text encoder alone is ~11 GB in every Wan repo.
 BUILTIN: dict[str, Entry] = {e.id: e for e in (
     Entry("wan2.1-t2v-1.3b", "Wan-AI/Wan2.1-T2V-1.3B-Diffusers", "t2v", "Wan 2.1 T2V 1.3B", 18),
@@ -79,11 +79,11 @@ def load_catalogue() -> tuple[dict[str, Entry], str | None]:
     entries = dict(BUILTIN)
     sys.path.insert(0, str(REPO_ROOT))
     try:
-        from pipelines.registry import CATALOGUE  # imported here: the script must work without it
+        from pipelines.families.catalogue import CATALOGUE  # imported here: the script must work without it
     except ImportError:
         return entries, None
     except Exception as exc:  # a broken catalogue must not block downloads
-        return entries, (f"pipelines/registry.py could not be read ({type(exc).__name__}: {exc}); "
+        return entries, (f"pipelines/families/ could not be read ({type(exc).__name__}: {exc}); "
                          "using the built-in list.")
     finally:
         sys.path.remove(str(REPO_ROOT))

@@ -88,7 +88,7 @@ def _cli_path(value: str) -> str:
 
 def read_source(own: argparse.Namespace) -> tuple[str, str, str]:
     """The batch text, its name (for the format) and the format to read it with."""
-    from pipelines.batch import read_batch_file
+    from pipelines.tasks.batch import read_batch_file
 
     inputs = own.inputs
     batch_files = [item for item in inputs if item == "-" or item.lower().endswith(BATCH_SUFFIXES)]
@@ -224,7 +224,7 @@ def bad_batch(own: argparse.Namespace, error: Exception) -> int:
 
 
 def show_plan(plan) -> None:
-    from pipelines.batch import describe_row
+    from pipelines.tasks.batch import describe_row
 
     for row in plan.rows:
         what, settings = describe_row(plan.task, row.request)
@@ -249,8 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=getattr(logging, level), format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
-    from pipelines.batch import parse_batch, submit_batch
-    from pipelines.jobs import RequestError
+    from pipelines.tasks.batch import parse_batch, submit_batch
+    from pipelines.studio.jobs import RequestError
 
     try:
         text, name, fmt = read_source(own)
@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
 
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
-    from pipelines.worker import GPUWorker
+    from pipelines.device.worker import GPUWorker
 
     worker = GPUWorker(settings)
     worker.start()
@@ -324,7 +324,7 @@ def follow(run, worker, print_paths: bool = True) -> None:
         while not job.state.finished:
             seen = job.wait_for_change(seen, REFRESH_SECONDS)
             progress.update(index, row, job, worker.position(job))
-        from pipelines.batch import row_outcome
+        from pipelines.tasks.batch import row_outcome
 
         outcome = row_outcome(row, job)
         progress.finish(index, outcome)

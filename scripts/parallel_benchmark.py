@@ -4,7 +4,7 @@
     python scripts/parallel_benchmark.py --demo --device cpu --gpus 1,2 --steps 2    # the machinery, no GPU
 
 For each N: N=1 loads the model as the worker does (``load_video_pipeline``) and runs ``WanPipeline``
-in this process; N>1 starts N rank processes (``pipelines.parallel.load_parallel_model``). The prompt is
+in this process; N>1 starts N rank processes (``pipelines.scale.parallel.load_parallel_model``). The prompt is
 encoded once; then one warm-up clip and ``--repeat`` timed ones (denoise and decode, each timed on its
 own). The table gives seconds per denoising step and the speed-up of the denoise over N=1; the same as
 JSON and Markdown under ``--out``. Nothing is written for a model that is not in the cache.
@@ -35,9 +35,9 @@ def _sync(device: str) -> None:
 def run_one_gpu(spec, settings, device, dtype, clip, args) -> dict:
     import torch
 
-    from pipelines.loading import load_video_pipeline
-    from pipelines.memory import free_memory
-    from pipelines.video import WAN_TEXT_TOKENS, decode_wan_latents, set_flow_shift
+    from pipelines.device.loading import load_video_pipeline
+    from pipelines.device.memory import free_memory
+    from pipelines.tasks.video import WAN_TEXT_TOKENS, decode_wan_latents, set_flow_shift
 
     started = time.perf_counter()
     model = load_video_pipeline(spec, settings, device, dtype)
@@ -66,8 +66,8 @@ def run_one_gpu(spec, settings, device, dtype, clip, args) -> dict:
 
 
 def run_ranks(spec, settings, device, dtype, world, clip, args) -> dict:
-    from pipelines.parallel import load_parallel_model
-    from pipelines.video import WAN_TEXT_TOKENS
+    from pipelines.scale.parallel import load_parallel_model
+    from pipelines.tasks.video import WAN_TEXT_TOKENS
 
     started = time.perf_counter()
     model = load_parallel_model(spec, dataclasses.replace(settings, parallel=world), device, dtype)
@@ -115,8 +115,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from pipelines.registry import frame_size, get_spec
-    from pipelines.settings import Settings
+    from pipelines.families.catalogue import get_spec
+    from pipelines.families.spec import frame_size
+    from pipelines.studio.settings import Settings
 
     spec = get_spec(args.model)
     cuda = args.device != "cpu" and torch.cuda.is_available()

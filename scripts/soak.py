@@ -283,7 +283,7 @@ class Soak:
         """Whether the app recorded the job before it died (it will run it, or did): look in its store."""
         if not item.good:
             return True  # bad jobs are refused before the queue; nothing to resend
-        from pipelines.store import JobStore
+        from pipelines.studio.store import JobStore
 
         store = JobStore(self.app.workdir / "data" / "jobs.sqlite3")
         try:
@@ -322,8 +322,8 @@ def wait_for_queue(app: App, timeout: float) -> bool:
 
 
 def check(items: list[Item], workdir: Path, memory: list[tuple[int, float, int]]) -> dict:
-    from pipelines.history import History
-    from pipelines.store import JobStore
+    from pipelines.studio.history import History
+    from pipelines.studio.store import JobStore
 
     outputs = workdir / "outputs"
     names = [p.name for p in outputs.rglob("*") if p.is_file() and ".trash" not in p.parts]

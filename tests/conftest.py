@@ -25,14 +25,14 @@ def data_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture()
 def settings(tmp_path, data_dir):
-    from pipelines.settings import Settings
+    from pipelines.studio.settings import Settings
 
     return Settings(outputs_dir=tmp_path / "outputs", data_dir=data_dir, demo=True)
 
 
 @pytest.fixture()
 def worker(settings):
-    from pipelines.worker import GPUWorker
+    from pipelines.device.worker import GPUWorker
 
     worker = GPUWorker(settings)
     worker.start()

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from gradio_client import Client
 
-from pipelines.media import probe_video
-from pipelines.settings import RESTART_EXIT_CODE
+from pipelines.media.ffmpeg import probe_video
+from pipelines.studio.settings import RESTART_EXIT_CODE
 from tests.conftest import start_app, stop_app
 
 GOOD = dict(
@@ -99,7 +99,7 @@ def test_doctor_runs_from_the_page(client):
 
 
 def test_system_tab_shows_the_newest_benchmark(tmp_path):
-    from pipelines.settings import Settings
+    from pipelines.studio.settings import Settings
     from ui.system_tab import last_benchmark
 
     settings = Settings(outputs_dir=tmp_path)

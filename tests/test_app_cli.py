@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import app
-from pipelines.preview import latents_to_rgb
-from pipelines.settings import Settings
+from pipelines.media.preview import latents_to_rgb
+from pipelines.studio.settings import Settings
 from ui.i18n import STRINGS, error_text, normalise_language, t
 
 
@@ -48,7 +48,7 @@ def test_every_text_exists_in_both_languages():
 
 
 def test_every_model_note_has_a_chinese_version():
-    from pipelines.registry import CATALOGUE
+    from pipelines.families.catalogue import CATALOGUE
     from ui.i18n import model_note
 
     for spec in CATALOGUE.values():
@@ -95,8 +95,8 @@ def test_every_handler_takes_the_inputs_it_is_given(tmp_path):
     annotation it cannot resolve); such a handler fails when called, so building the page must not warn."""
     import warnings
 
-    from pipelines.settings import Settings
-    from pipelines.worker import GPUWorker
+    from pipelines.studio.settings import Settings
+    from pipelines.device.worker import GPUWorker
     from ui.app import build_demo
 
     settings = Settings(outputs_dir=tmp_path / "outputs", data_dir=tmp_path / "data", demo=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from gradio_client import Client, handle_file
 
-from pipelines.media import ffmpeg_exe
+from pipelines.media.ffmpeg import ffmpeg_exe
 from tests.test_subtitles import parse_srt, parse_vtt
 
 DEFAULTS = dict(microphone=None, model="whisper-large-v3", language="auto", task="transcribe", mode="chunked",

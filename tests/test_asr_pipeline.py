@@ -15,16 +15,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines import asr as asr_module
-from pipelines.asr import ASRRequest, WHISPER_LANGUAGES, plan_windows, validate_asr
-from pipelines.audio import SAMPLE_RATE, decode_audio
-from pipelines.jobs import JobState, RequestError
-from pipelines.media import ffmpeg_exe
-from pipelines.worker import TaskContext
+from pipelines.tasks import asr as asr_module
+from pipelines.tasks.asr import ASRRequest, WHISPER_LANGUAGES, plan_windows, validate_asr
+from pipelines.media.audio import SAMPLE_RATE, decode_audio
+from pipelines.studio.jobs import JobState, RequestError
+from pipelines.media.ffmpeg import ffmpeg_exe
+from pipelines.device.worker import TaskContext
 from tests.conftest import wait_finished
 from tests.test_subtitles import assert_well_formed, parse_srt, parse_vtt
 
-from pipelines.subtitles import SubtitleRules
+from pipelines.media.subtitles import SubtitleRules
 
 
 def write_wav(path: Path, samples: np.ndarray, rate: int = SAMPLE_RATE) -> Path:
@@ -117,8 +117,8 @@ def sidecar(entry: dict) -> dict:
 def test_tiny_whisper_has_whisper_layout_and_loads_through_the_app(settings):
     from transformers import WhisperTokenizer
 
-    from pipelines.asr import load_asr_model
-    from pipelines.registry import get_spec
+    from pipelines.tasks.asr import load_asr_model
+    from pipelines.families.catalogue import get_spec
 
     loaded = load_asr_model(get_spec("whisper-large-v3"), settings, "cpu", "fp32")
     assert loaded.revision == "demo (random weights)" and loaded.attention == "sdpa"

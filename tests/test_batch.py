@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines import batch as batches
-from pipelines.batch import BatchError, parse_batch, read_batch, submit_batch
-from pipelines.jobs import JobState, RequestError
-from pipelines.settings import Settings
+from pipelines.tasks import batch as batches
+from pipelines.tasks.batch import BatchError, parse_batch, read_batch, submit_batch
+from pipelines.studio.jobs import JobState, RequestError
+from pipelines.studio.settings import Settings
 from tests.conftest import wait_finished
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -68,7 +68,7 @@ def test_unknown_task_is_refused(tmp_path):
 
 
 def test_random_weight_configs_are_the_real_architectures():
-    from pipelines.random_weights import parameter_count
+    from pipelines.bench.random_weights import parameter_count
 
     assert 1.35e9 < parameter_count("wan2.1-t2v-1.3b", "transformer") < 1.5e9
     assert 13.5e9 < parameter_count("wan2.1-t2v-14b", "transformer") < 14.5e9

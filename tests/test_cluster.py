@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.jobs import JobState
-from pipelines.settings import Settings
-from pipelines.t2v import T2VRequest
+from pipelines.studio.jobs import JobState
+from pipelines.studio.settings import Settings
+from pipelines.tasks.t2v import T2VRequest
 from tests.conftest import app_data_dir, free_port, start_app, stop_app
 from tests.conftest import wait_finished as wait_for_job
 
@@ -87,7 +87,7 @@ def all_ready(executor) -> bool:
 @pytest.fixture(scope="module")
 def cluster(data_dir):
     """A local Ray cluster: 2 CPUs and 2 logical GPUs (Ray hands each worker one; torch sees none)."""
-    from pipelines.demo_models import ensure_demo_model
+    from pipelines.families.demo import ensure_demo_model
 
     for kind in ("wan-t2v", "whisper"):  # built once here, not by two workers at once
         ensure_demo_model(kind, data_dir / "demo_models")
@@ -98,8 +98,8 @@ def cluster(data_dir):
 
 @pytest.fixture(scope="module")
 def executor(cluster, tmp_path_factory, data_dir):
-    from pipelines.cluster import RayExecutor
-    from pipelines.store import JobStore
+    from pipelines.scale.cluster import RayExecutor
+    from pipelines.studio.store import JobStore
 
     folder = tmp_path_factory.mktemp("cluster")  # laid out as start_app lays out an app's folders
     settings = Settings(outputs_dir=folder / "outputs", data_dir=app_data_dir(folder, data_dir), demo=True,
@@ -162,7 +162,7 @@ def test_jobs_from_the_page_are_spread_over_both_workers_with_their_progress(pag
 
 @needs_ray
 def test_a_model_resident_on_a_worker_is_reused_there(executor, tmp_path):
-    from pipelines.asr import ASRRequest
+    from pipelines.tasks.asr import ASRRequest
     from tests.test_asr_pipeline import speechlike, write_wav
 
     audio = str(write_wav(tmp_path / "speech.wav", speechlike(3.0)))
@@ -309,7 +309,7 @@ def test_the_workers_texts_exist_in_both_languages():
 
 def choosing(tmp_path):
     """An executor that is not started (no Ray needed), with two ready workers and nothing resident."""
-    from pipelines.cluster import RayExecutor, WorkerSlot
+    from pipelines.scale.cluster import RayExecutor, WorkerSlot
 
     executor = RayExecutor(Settings(outputs_dir=tmp_path / "outputs", data_dir=tmp_path / "data", demo=True,
                                     cluster="auto"))
@@ -322,7 +322,7 @@ def hold(slot, *models: str) -> None:
 
 
 def test_a_worker_takes_jobs_for_its_resident_model_first_but_no_job_waits_forever(tmp_path):
-    from pipelines.cluster import MAX_SKIPS
+    from pipelines.scale.cluster import MAX_SKIPS
 
     executor, (w0, _) = choosing(tmp_path)
     hold(w0, "wan2.1-t2v-1.3b")

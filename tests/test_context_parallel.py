@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.jobs import JobState, RequestError
-from pipelines.parallel import (
+from pipelines.studio.jobs import JobState, RequestError
+from pipelines.scale.parallel import (
     CPMode,
     ParallelPipeline,
     choose_mode,
@@ -29,8 +29,8 @@ from pipelines.parallel import (
     ring_available,
     sequence_tokens,
 )
-from pipelines.registry import get_spec
-from pipelines.settings import Settings
+from pipelines.families.catalogue import get_spec
+from pipelines.studio.settings import Settings
 from tests.conftest import ROOT, free_port, wait_finished
 
 ATOL = 1e-5
@@ -81,7 +81,7 @@ def test_the_modes_are_valid_diffusers_configs_and_backends():
 
 
 def test_sequence_tokens_match_what_the_pipeline_makes():
-    from pipelines.demo_models import build_wan_t2v
+    from pipelines.families.demo import build_wan_t2v
 
     pipe = build_wan_t2v()
     for frames, height, width in ((9, 240, 416), (5, 128, 224), (13, 96, 160)):
@@ -142,7 +142,7 @@ def torchrun_results(tmp_path_factory):
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize(("case", "heads", "padded"), [("divisible", 2, False), ("not_divisible", 3, True)])
 def test_two_processes_give_the_one_process_output(torchrun_results, case, heads, padded):
-    from pipelines.parallel_check import reference
+    from pipelines.scale.parallel_check import reference
 
     ranks, _ = torchrun_results
     alone = reference(heads)  # computed here, in a process with no torch.distributed at all
@@ -178,7 +178,7 @@ def ranks(tmp_path_factory, data_dir):
 
 
 def _local_pipe(data_dir):
-    from pipelines.loading import load_video_pipeline
+    from pipelines.device.loading import load_video_pipeline
 
     return load_video_pipeline(get_spec(WAN), Settings(data_dir=data_dir, demo=True, device="cpu"), "cpu", "fp32").pipe
 
@@ -187,7 +187,7 @@ def _local_pipe(data_dir):
 def test_ranks_denoise_like_one_process_and_report_every_step(ranks, data_dir):
     import torch
 
-    from pipelines.video import set_flow_shift
+    from pipelines.tasks.video import set_flow_shift
 
     runner: ParallelPipeline = ranks.pipe
     assert runner.world == 2 and runner.mode == CPMode("ulysses", 2) and runner.backend == "gloo"
@@ -251,10 +251,10 @@ def test_worker_runs_wan_jobs_across_ranks_and_release_ends_them(tmp_path, data_
     import numpy as np
     from PIL import Image
 
-    from pipelines.i2v import I2VRequest
-    from pipelines.media import probe_video
-    from pipelines.t2v import T2VRequest
-    from pipelines.worker import GPUWorker
+    from pipelines.tasks.i2v import I2VRequest
+    from pipelines.media.ffmpeg import probe_video
+    from pipelines.tasks.t2v import T2VRequest
+    from pipelines.device.worker import GPUWorker
 
     settings = Settings(outputs_dir=tmp_path / "outputs", data_dir=data_dir, demo=True, device="cpu", parallel=2)
     worker = GPUWorker(settings)

@@ -16,13 +16,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipelines import attention, fastpath
-from pipelines.demo_models import build_wan_t2v
-from pipelines.jobs import JobState, RequestError
-from pipelines.loading import LoadedModel
-from pipelines.registry import get_spec
-from pipelines.t2v import T2VRequest, validate_t2v
-from pipelines.video import decode_wan_latents
+from pipelines.device import attention
+
+from pipelines.device import fastpath
+from pipelines.families.demo import build_wan_t2v
+from pipelines.studio.jobs import JobState, RequestError
+from pipelines.device.loading import LoadedModel
+from pipelines.families.catalogue import get_spec
+from pipelines.tasks.t2v import T2VRequest, validate_t2v
+from pipelines.tasks.video import decode_wan_latents
 from tests.conftest import wait_finished
 
 LATENT_TOLERANCE = 1e-4
@@ -117,7 +119,7 @@ def test_attention_backend_switch_keeps_the_output(reference):
 
 def test_a_failing_kernel_falls_back_to_sdpa_with_a_log_line(pipe, monkeypatch, caplog):
     monkeypatch.setattr(attention, "choose_backend", lambda requested, device: "flash")
-    with caplog.at_level(logging.WARNING, logger="pipelines.attention"):
+    with caplog.at_level(logging.WARNING, logger="pipelines.device.attention"):
         assert attention.apply_backend(pipe, "flash", "cpu") == "sdpa"
     assert "flash failed its probe" in caplog.text and "using PyTorch SDPA" in caplog.text
 
@@ -155,7 +157,7 @@ def test_regional_compile_keeps_the_output(tmp_path, reference):
     """torch.compile on the CPU (inductor + the C++ compiler): the two tiny blocks compiled as one region."""
     pipe = build_wan_t2v()
     pipe.set_progress_bar_config(disable=True)
-    from pipelines.settings import Settings
+    from pipelines.studio.settings import Settings
 
     described = fastpath.compile_denoisers(pipe, Settings(data_dir=tmp_path))
     assert "WanTransformerBlock" in described
@@ -166,7 +168,7 @@ def test_regional_compile_keeps_the_output(tmp_path, reference):
 
 
 def test_compile_is_set_up_only_where_the_denoiser_stays_on_the_gpu(tmp_path, monkeypatch):
-    from pipelines.settings import Settings
+    from pipelines.studio.settings import Settings
 
     calls = []
     monkeypatch.setattr(fastpath, "compile_denoisers", lambda pipe, settings: calls.append(1) or "compiled")
@@ -193,7 +195,7 @@ def test_compile_failure_falls_back_to_eager(pipe, caplog):
             raise torch._dynamo.exc.InternalTorchDynamoError("no C++ compiler")
         return "eager result"
 
-    with caplog.at_level(logging.WARNING, logger="pipelines.fastpath"):
+    with caplog.at_level(logging.WARNING, logger="pipelines.device.fastpath"):
         assert fastpath.with_compile_fallback(model, run) == "eager result"
     assert model.optimisations["compile"] is None and "InternalTorchDynamoError" in model.optimisations["compile_failed"]
     assert "running eager" in caplog.text
@@ -215,7 +217,7 @@ def _read_frames(path: Path, width: int, height: int):
 
     import numpy as np
 
-    from pipelines.media import ffmpeg_exe
+    from pipelines.media.ffmpeg import ffmpeg_exe
 
     raw = subprocess.run([ffmpeg_exe(), "-v", "error", "-i", str(path), "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
                          capture_output=True, check=True).stdout
@@ -243,8 +245,7 @@ def test_fast_path_off_gives_the_same_frames(worker, monkeypatch):
     """The whole job through the worker: the frames handed to the mp4 writer by the fast path and by the plain
     path (no fused QKV, no batching, no prompt cache) are the same (compared before H.264, which would turn a
     one-level difference into a different bitstream)."""
-    from pipelines import media
-
+    from pipelines.media import ffmpeg as media
     written = []
     original = media.write_mp4
     monkeypatch.setattr(media, "write_mp4", lambda frames, *args, **kwargs: (written.append(frames.copy()),
@@ -283,7 +284,7 @@ def test_step_cache_values_are_checked(value, key):
 
 
 def test_step_cache_is_refused_for_the_unet_model(tmp_path):
-    from pipelines.i2v import I2VRequest, validate_i2v
+    from pipelines.tasks.i2v import I2VRequest, validate_i2v
     from PIL import Image
 
     image = tmp_path / "in.png"
@@ -304,7 +305,7 @@ def test_step_cache_on_compiled_blocks_runs_them_eager_for_that_job(reference):
     assert all(compiled)
     model = LoadedModel(spec=get_spec("wan2.1-t2v-1.3b"), pipe=pipe, source="", revision="", n_bytes=0, load_seconds=0,
                         attention="sdpa", device="cpu", dtype="fp32", optimisations={"compile": "blocks"})
-    from pipelines.settings import Settings
+    from pipelines.studio.settings import Settings
 
     with fastpath.denoise_context(model, Settings(batch_guidance="off"), True, None, 1e-9) as info:
         assert all(block._compiled_call_impl is None for block in pipe.transformer.blocks)

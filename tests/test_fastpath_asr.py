@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import asr as asr_module
-from pipelines.asr import ASRRequest
-from pipelines.jobs import JobState
+from pipelines.tasks import asr as asr_module
+from pipelines.tasks.asr import ASRRequest
+from pipelines.studio.jobs import JobState
 from tests.conftest import wait_finished
 from tests.test_asr_pipeline import speechlike, write_wav
 

@@ -7,8 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipelines import benchmark, flops
-from pipelines.demo_models import build_wan_t2v
+from pipelines.bench import benchmark
+
+from pipelines.bench import flops
+from pipelines.families.demo import build_wan_t2v
 
 
 def test_flop_counter_and_closed_form_agree_on_the_tiny_wan():

@@ -7,12 +7,12 @@ import shutil
 import pytest
 from gradio_client import Client
 
-from pipelines.asr import ASRRequest
-from pipelines.history import History
-from pipelines.jobs import JobState
-from pipelines.store import JobStore
-from pipelines.t2v import T2VRequest
-from pipelines.worker import GPUWorker
+from pipelines.tasks.asr import ASRRequest
+from pipelines.studio.history import History
+from pipelines.studio.jobs import JobState
+from pipelines.studio.store import JobStore
+from pipelines.tasks.t2v import T2VRequest
+from pipelines.device.worker import GPUWorker
 from tests.conftest import start_app, stop_app, wait_finished
 from tests.test_api import GOOD
 from tests.test_asr_pipeline import speechlike, write_wav
@@ -21,7 +21,7 @@ from tests.test_asr_pipeline import speechlike, write_wav
 @pytest.fixture(scope="module")
 def made(tmp_path_factory, data_dir):
     """A worker with a store that made one clip for ana, one transcript for bo, and one failed job for ana."""
-    from pipelines.settings import Settings
+    from pipelines.studio.settings import Settings
 
     root = tmp_path_factory.mktemp("history")
     settings = Settings(outputs_dir=root / "outputs", data_dir=data_dir, demo=True)

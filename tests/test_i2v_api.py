@@ -10,7 +10,7 @@ import pytest
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from pipelines.media import probe_video
+from pipelines.media.ffmpeg import probe_video
 
 GOOD = dict(
     last_path=None, model_id="i2vgen-xl", preset_name="Quick preview", prompt_text="a cat turns its head",

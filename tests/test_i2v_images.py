@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.i2v import I2VRequest, validate_i2v
-from pipelines.images import MAX_PIXELS, fit_image, last_frame, load_image, output_size
-from pipelines.jobs import RequestError
+from pipelines.tasks.i2v import I2VRequest, validate_i2v
+from pipelines.media.images import MAX_PIXELS, fit_image, last_frame, load_image, output_size
+from pipelines.studio.jobs import RequestError
 
 
 def solid(width: int, height: int, color=(200, 30, 40)) -> Image.Image:
@@ -161,7 +161,7 @@ def test_last_frame_is_refused_by_models_that_cannot_end_on_one(tmp_path):
 
 
 def test_last_frame_of_a_clip(tmp_path):
-    from pipelines.media import write_mp4
+    from pipelines.media.ffmpeg import write_mp4
 
     frames = np.zeros((12, 64, 96, 3), dtype=np.uint8)
     frames[-1] = (0, 0, 255)  # only the last frame is blue

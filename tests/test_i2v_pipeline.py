@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.i2v import I2VRequest
-from pipelines.jobs import JobState
-from pipelines.media import probe_video
-from pipelines.worker import GPUWorker, TaskContext
+from pipelines.tasks.i2v import I2VRequest
+from pipelines.studio.jobs import JobState
+from pipelines.media.ffmpeg import probe_video
+from pipelines.device.worker import GPUWorker, TaskContext
 from tests.conftest import wait_finished
 
 # 128p: a pixel area of 224 x 128; a 16:9 photo keeps that size with every model's multiples.

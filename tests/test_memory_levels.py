@@ -13,12 +13,12 @@ import psutil
 import pytest
 import torch
 
-from pipelines import memory_levels
-from pipelines.jobs import JobState
-from pipelines.memory import free_memory
-from pipelines.memory_levels import INJECT_ENV, JobShape
-from pipelines.settings import MEMORY_LEVELS, Settings
-from pipelines.t2v import T2VRequest
+from pipelines.device import memory_levels
+from pipelines.studio.jobs import JobState
+from pipelines.device.memory import free_memory
+from pipelines.device.memory_levels import INJECT_ENV, JobShape
+from pipelines.studio.settings import MEMORY_LEVELS, Settings
+from pipelines.tasks.t2v import T2VRequest
 from tests.conftest import start_app, stop_app, wait_finished
 
 SMALL = dict(resolution="240p", aspect="16:9", frames=9, steps=3)
@@ -66,7 +66,7 @@ def test_choice_takes_the_fastest_level_that_fits_and_respects_the_floor():
 def test_estimates_for_wan_1_3b_at_real_size_shrink_down_the_ladder():
     """Component sizes and the transformer's shape of the real 1.3B model (from assets/model_configs, on the meta
     device: nothing allocated)."""
-    from pipelines.random_weights import build_random_pipeline
+    from pipelines.bench.random_weights import build_random_pipeline
 
     pipe = build_random_pipeline("wan2.1-t2v-1.3b", "meta", torch.bfloat16)
     sizes = memory_levels.component_bytes(pipe)
@@ -185,8 +185,7 @@ def test_oom_at_every_level_fails_with_advice_and_memory_comes_back(worker, monk
 
 def test_oom_while_loading_loads_again_lower(worker, monkeypatch):
     """An out-of-memory from the load itself (a model too big to place) is retried with the floor lowered."""
-    from pipelines import loading
-
+    from pipelines.device import loading
     real = loading.load_video_pipeline
     calls = []
 

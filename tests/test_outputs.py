@@ -8,8 +8,8 @@ import errno
 import numpy as np
 import pytest
 
-from pipelines.media import probe_video, write_mp4
-from pipelines.outputs import output_stem, safe_tag, write_atomic, write_json_atomic
+from pipelines.media.ffmpeg import probe_video, write_mp4
+from pipelines.studio.outputs import output_stem, safe_tag, write_atomic, write_json_atomic
 
 
 def test_same_name_twice_gets_a_suffix_and_keeps_both(tmp_path):

@@ -454,7 +454,7 @@ os.environ.pop("GRADIO_TEMP_DIR", None)
 
 
 def settings():
-    from pipelines.settings import Settings
+    from pipelines.studio.settings import Settings
     return Settings(outputs_dir=tmp / "outputs", data_dir=tmp / "data")
 
 
@@ -473,7 +473,7 @@ def allowed_paths():
 
 
 def outputs():
-    from pipelines import outputs
+    from pipelines.studio import outputs
     stem = outputs.output_stem(tmp / "outputs", "t2v", "a cat 中文")
     first = outputs.write_json_atomic(stem.with_suffix(".json"), {"prompt": "一只猫"})
     second = outputs.write_json_atomic(stem.with_suffix(".json"), {"prompt": "一只猫"})
@@ -484,7 +484,7 @@ def outputs():
 
 def log_file():
     import logging
-    from pipelines.logbuffer import install
+    from pipelines.studio.logbuffer import install
     log = tmp / "data" / "logs" / "cinescribe.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     handler = install(logging.INFO, log_file=log)

@@ -30,14 +30,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.configuration import set_hypothesis_home_dir
 
-from pipelines.asr import MAX_FILES, ASRRequest, validate_asr
-from pipelines.i2v import I2VRequest, check_i2v
-from pipelines.jobs import JobState, RequestError
-from pipelines.outputs import safe_tag
-from pipelines.paths import allowed_roots, is_inside, resolve_user_path
-from pipelines.registry import get_spec
-from pipelines.settings import Settings
-from pipelines.t2v import T2VRequest, validate_t2v
+from pipelines.tasks.asr import MAX_FILES, ASRRequest, validate_asr
+from pipelines.tasks.i2v import I2VRequest, check_i2v
+from pipelines.studio.jobs import JobState, RequestError
+from pipelines.studio.outputs import safe_tag
+from pipelines.studio.paths import allowed_roots, is_inside, resolve_user_path
+from pipelines.families.catalogue import get_spec
+from pipelines.studio.settings import Settings
+from pipelines.tasks.t2v import T2VRequest, validate_t2v
 from tests.conftest import wait_finished
 
 # Hypothesis keeps caches (its Unicode tables, constants read from our sources) in ``.hypothesis`` of the

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_shipped_configs_have_the_real_parameter_counts():
-    from pipelines.random_weights import parameter_count
+    from pipelines.bench.random_weights import parameter_count
 
     assert 1.54e9 < parameter_count("whisper-large-v3", "model") < 1.55e9  # measured 1,543,490,560
     assert 0.80e9 < parameter_count("whisper-large-v3-turbo", "model") < 0.82e9  # measured 808,878,080
@@ -26,7 +26,7 @@ def test_shipped_configs_have_the_real_parameter_counts():
 
 
 def test_whisper_tokenizer_has_the_real_id_layout():
-    from pipelines.random_weights import build_whisper_tokenizer
+    from pipelines.bench.random_weights import build_whisper_tokenizer
 
     tokenizer = build_whisper_tokenizer(50257)
     ids = tokenizer.convert_tokens_to_ids
@@ -64,9 +64,9 @@ def _tiny(config_for):
 
 @pytest.fixture()
 def random_worker(tmp_path, data_dir, monkeypatch):
-    import pipelines.random_weights as random_weights
-    from pipelines.settings import Settings
-    from pipelines.worker import GPUWorker
+    import pipelines.bench.random_weights as random_weights
+    from pipelines.studio.settings import Settings
+    from pipelines.device.worker import GPUWorker
 
     monkeypatch.setattr(random_weights, "config_for", _tiny(random_weights.config_for))
     settings = Settings(outputs_dir=tmp_path / "outputs", data_dir=data_dir, random_weights=True, device="cpu")
@@ -80,8 +80,8 @@ def random_worker(tmp_path, data_dir, monkeypatch):
 def test_random_whisper_decodes_exactly_100_tokens_per_window(random_worker, tmp_path, monkeypatch):
     from transformers import WhisperForConditionalGeneration
 
-    from pipelines.asr import RANDOM_WEIGHTS_NEW_TOKENS, ASRRequest
-    from pipelines.benchmark import Workload, run_benchmark, speech_like_audio
+    from pipelines.tasks.asr import RANDOM_WEIGHTS_NEW_TOKENS, ASRRequest
+    from pipelines.bench.benchmark import Workload, run_benchmark, speech_like_audio
 
     worker, settings = random_worker
     decoded: list[list[int]] = []  # tokens per window, for every generate call
@@ -119,8 +119,8 @@ def test_random_whisper_decodes_exactly_100_tokens_per_window(random_worker, tmp
 
 
 def test_random_i2vgen_xl_runs_through_the_worker(random_worker):
-    from pipelines.benchmark import portrait_image
-    from pipelines.i2v import I2VRequest
+    from pipelines.bench.benchmark import portrait_image
+    from pipelines.tasks.i2v import I2VRequest
 
     worker, settings = random_worker
     image = portrait_image(Path(settings.data_dir) / "benchmark_inputs")

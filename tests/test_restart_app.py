@@ -9,7 +9,7 @@ import time
 import pytest
 from gradio_client import Client
 
-from pipelines.store import JobStore
+from pipelines.studio.store import JobStore
 from tests.conftest import start_app, stop_app
 from tests.test_api import GOOD
 

@@ -24,8 +24,8 @@ import pytest
 from gradio_client import Client
 
 import app as app_module
-from pipelines.jobs import JobState, RequestError
-from pipelines.t2v import T2VRequest
+from pipelines.studio.jobs import JobState, RequestError
+from pipelines.tasks.t2v import T2VRequest
 from tests.conftest import ROOT, app_data_dir, free_port, start_app, stop_app
 from ui.i18n import error_text
 from ui.identity import cancel_own_job, check_owner, owner_of
@@ -340,7 +340,7 @@ def test_a_bad_upload_limit_is_refused_at_start(tmp_path):
 
 
 def test_status_hides_the_details_of_another_users_running_job():
-    from pipelines.jobs import Job
+    from pipelines.studio.jobs import Job
     from ui.identity import sees_job, visible_status
 
     job = Job(task="t2v", request=None, owner="ana", notes=["a private prompt note"])

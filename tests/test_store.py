@@ -11,10 +11,10 @@ import time
 
 import pytest
 
-from pipelines.jobs import JobState
-from pipelines.store import JobStore, decode_request, encode_request
-from pipelines.t2v import T2VRequest
-from pipelines.worker import GPUWorker
+from pipelines.studio.jobs import JobState
+from pipelines.studio.store import JobStore, decode_request, encode_request
+from pipelines.tasks.t2v import T2VRequest
+from pipelines.device.worker import GPUWorker
 from tests.conftest import ROOT, wait_finished
 
 
@@ -114,9 +114,9 @@ CRASHING_APP = textwrap.dedent("""
     import json, sys, time
     sys.path.insert(0, {root!r})
     from pathlib import Path
-    from pipelines.settings import Settings
-    from pipelines.store import JobStore
-    from pipelines.worker import GPUWorker
+    from pipelines.studio.settings import Settings
+    from pipelines.studio.store import JobStore
+    from pipelines.device.worker import GPUWorker
 
     def hang(job, ctx):
         if {write_sidecar!r}:  # the whole output is written; the app dies before recording the job done
@@ -180,7 +180,7 @@ def test_kill_9_during_a_job_requeues_it_once_then_gives_up(settings, tmp_path):
 
 def test_a_job_that_wrote_all_its_outputs_before_the_crash_is_not_run_twice(settings, tmp_path):
     store_path = tmp_path / "jobs.sqlite3"
-    job_id = crash_while_running(tmp_path, settings, 'from pipelines.t2v import T2VRequest; '
+    job_id = crash_while_running(tmp_path, settings, 'from pipelines.tasks.t2v import T2VRequest; '
                                                      'worker.submit("echo", T2VRequest(prompt="x", clips=1))',
                                  write_sidecar=True)
     log: list = []
@@ -214,7 +214,7 @@ def test_a_restarted_job_keeps_the_clips_it_had_written(settings, tmp_path):
 
 def test_a_restarted_transcription_keeps_the_files_it_had_done(settings, tmp_path):
     """Two files transcribed, the app dies before the second is recorded: only that one is done again."""
-    from pipelines.asr import ASRRequest
+    from pipelines.tasks.asr import ASRRequest
     from tests.test_asr_pipeline import speechlike, write_wav
 
     files = [str(write_wav(tmp_path / f"{name}.wav", speechlike(3.0, seed=i))) for i, name in enumerate(("one", "two"))]

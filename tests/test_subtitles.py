@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from pipelines.subtitles import (
+from pipelines.media.subtitles import (
     Segment,
     SubtitleRules,
     Word,

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import registry
-from pipelines.jobs import JobState
-from pipelines.media import probe_video
-from pipelines.t2v import T2VRequest
-from pipelines.worker import TaskContext
+from pipelines.families import catalogue as registry
+from pipelines.studio.jobs import JobState
+from pipelines.media.ffmpeg import probe_video
+from pipelines.tasks.t2v import T2VRequest
+from pipelines.device.worker import TaskContext
 from tests.conftest import wait_finished
 
 SMALL = dict(resolution="240p", aspect="16:9", frames=9, steps=3)
@@ -112,7 +112,7 @@ def test_two_expert_wan22_layout_runs(worker):
 
 def test_local_folder_loads_through_the_real_loader(worker, settings, monkeypatch):
     """A catalogue entry pointing at a saved folder (no --demo) loads with from_pretrained."""
-    from pipelines.demo_models import ensure_demo_model
+    from pipelines.families.demo import ensure_demo_model
 
     folder = ensure_demo_model("wan-t2v", settings.demo_models_dir)
     spec = dataclasses.replace(

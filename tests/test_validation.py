@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from pipelines.jobs import RequestError
-from pipelines.registry import frame_size, snap_frames
-from pipelines.t2v import T2VRequest, validate_t2v
+from pipelines.studio.jobs import RequestError
+from pipelines.families.spec import frame_size, snap_frames
+from pipelines.tasks.t2v import T2VRequest, validate_t2v
 
 
 def check(**changes):

@@ -7,10 +7,10 @@ import threading
 import pytest
 import torch
 
-from pipelines.jobs import JobState, RequestError
-from pipelines.manager import ModelManager
-from pipelines.registry import CATALOGUE
-from pipelines.worker import GPUWorker
+from pipelines.studio.jobs import JobState, RequestError
+from pipelines.device.manager import ModelManager
+from pipelines.families.catalogue import CATALOGUE
+from pipelines.device.worker import GPUWorker
 from tests.conftest import wait_finished
 
 

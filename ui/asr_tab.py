@@ -8,7 +8,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from pipelines.asr import (
+from pipelines.tasks.asr import (
     DEMO_MAX_NEW_TOKENS,
     MAX_BATCH_SIZE,
     NOT_TRAINED_TO_TRANSLATE,
@@ -17,9 +17,9 @@ from pipelines.asr import (
     ASRRequest,
     validate_asr,
 )
-from pipelines.jobs import JobState, RequestError
-from pipelines.paths import user_file
-from pipelines.registry import DEFAULT_MODEL, get_spec, models_for
+from pipelines.studio.jobs import JobState, RequestError
+from pipelines.studio.paths import user_file
+from pipelines.families.catalogue import DEFAULT_MODEL, get_spec, models_for
 
 from .i18n import Translator, error_text, request_language, t
 from .i18n import model_note as catalogue_note

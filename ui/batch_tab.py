@@ -14,12 +14,12 @@ from pathlib import Path
 
 import gradio as gr
 
-from pipelines import batch as batches
-from pipelines.i2v import presets_for as i2v_presets_for
-from pipelines.jobs import JobState, RequestError
-from pipelines.paths import inputs_dir
-from pipelines.registry import DEFAULT_MODEL, get_spec, models_for
-from pipelines.t2v import presets_for as t2v_presets_for
+from pipelines.tasks import batch as batches
+from pipelines.tasks.i2v import presets_for as i2v_presets_for
+from pipelines.studio.jobs import JobState, RequestError
+from pipelines.studio.paths import inputs_dir
+from pipelines.families.catalogue import DEFAULT_MODEL, get_spec, models_for
+from pipelines.tasks.t2v import presets_for as t2v_presets_for
 
 from .i18n import Translator, error_text, request_language, t
 from .identity import check_owner, owner_of

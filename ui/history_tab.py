@@ -11,8 +11,8 @@ from pathlib import Path
 
 import gradio as gr
 
-from pipelines.history import History, HistoryEntry, matches
-from pipelines.registry import get_spec
+from pipelines.studio.history import History, HistoryEntry, matches
+from pipelines.families.catalogue import get_spec
 
 from .i18n import Translator, error_text, request_language, t
 from .identity import check_owner
@@ -79,8 +79,8 @@ def reuse_values(entry: HistoryEntry, fields: dict[str, gr.components.Component]
         if name in settings and settings[name] is not None:
             values[name] = settings[name]
     if entry.task in ("t2v", "i2v") and "model" in values and "preset" in fields:
-        from pipelines import i2v, t2v
-
+        from pipelines.tasks import i2v
+        from pipelines.tasks import t2v
         module = t2v if entry.task == "t2v" else i2v
         try:
             spec = get_spec(values["model"])

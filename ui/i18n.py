@@ -268,7 +268,7 @@ def request_language(lang: str | None, request=None) -> str:
     return normalise_language(headers.get("accept-language", "en"))
 
 
-# The catalogue's model notes (pipelines/registry.py keeps the English), in Chinese.
+# The catalogue's model notes (pipelines/families/ keeps the English), in Chinese.
 MODEL_NOTES_ZH = {
     "wan2.1-t2v-1.3b": "以 480p 训练；720p 也能用，但不是它的设计分辨率。",
     "wan2.1-t2v-14b-turbo": "步数与引导蒸馏：4 步、引导系数 1.0。输出与基础模型不同。",

@@ -8,12 +8,13 @@ from pathlib import Path
 
 import gradio as gr
 
-from pipelines.i2v import ASPECTS, I2VRequest, check_i2v, default_negative_prompt, presets_for, preset_for
-from pipelines.i2v import resolutions_for, uses_flow_shift, validate_i2v
-from pipelines.images import aspect_value, fit_image, last_frame, output_size, thumbnail
-from pipelines.jobs import JobState, RequestError
-from pipelines.paths import user_file
-from pipelines.registry import DEFAULT_MODEL, I2V_MAX_AREA, get_spec, models_for
+from pipelines.tasks.i2v import ASPECTS, I2VRequest, check_i2v, default_negative_prompt, presets_for, preset_for
+from pipelines.tasks.i2v import resolutions_for, uses_flow_shift, validate_i2v
+from pipelines.media.images import aspect_value, fit_image, last_frame, output_size, thumbnail
+from pipelines.studio.jobs import JobState, RequestError
+from pipelines.studio.paths import user_file
+from pipelines.families.catalogue import DEFAULT_MODEL, get_spec, models_for
+from pipelines.families.spec import I2V_MAX_AREA
 
 from .i18n import Translator, error_text, request_language, t
 from .i18n import model_note as catalogue_note

@@ -20,7 +20,7 @@ import re
 
 import gradio as gr
 
-from pipelines.jobs import RequestError
+from pipelines.studio.jobs import RequestError
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipelines.jobs import JobState
+from pipelines.studio.jobs import JobState
 
 from .i18n import t
 

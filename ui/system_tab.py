@@ -10,8 +10,8 @@ from pathlib import Path
 
 import gradio as gr
 
-from pipelines.benchmark import run_benchmark, standard_workloads, write_report
-from pipelines.jobs import RequestError
+from pipelines.bench.benchmark import run_benchmark, standard_workloads, write_report
+from pipelines.studio.jobs import RequestError
 
 from .i18n import Translator, error_text, normalise_language, request_language, t
 from .identity import sees_job

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import gradio as gr
 
-from pipelines.jobs import JobState, RequestError
-from pipelines.registry import ASPECT_RATIOS, DEFAULT_MODEL, get_spec, models_for
-from pipelines.t2v import DEFAULT_NEGATIVE_PROMPT, T2VRequest, presets_for, resolutions_for, validate_t2v
+from pipelines.studio.jobs import JobState, RequestError
+from pipelines.families.catalogue import DEFAULT_MODEL, get_spec, models_for
+from pipelines.families.spec import ASPECT_RATIOS
+from pipelines.tasks.t2v import DEFAULT_NEGATIVE_PROMPT, T2VRequest, presets_for, resolutions_for, validate_t2v
 
 from .i18n import Translator, error_text, request_language, t
 from .i18n import model_note as catalogue_note

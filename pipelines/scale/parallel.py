@@ -1,0 +1,402 @@
+"""One Wan clip across several GPUs of this machine: diffusers' context parallelism, driven by the worker.
+
+With ``--parallel N`` a Wan model (text or image to video) is loaded once in each of N rank processes
+(``pipelines.scale.parallel_group``, ``pipelines.scale.parallel_rank``), one per GPU, and kept resident like any other
+model: the model manager holds it, evicts it least-recently-used and drops it on Release VRAM, which
+ends the processes. Each job still runs in the one GPU worker, as one job on the page:
+
+    worker (this module)                    rank 0                         ranks 1..N-1
+    1. text encode  --- prompt --------->   encode_prompt -> embeddings
+    2. denoise      --- same inputs ---->   pipe(...)  <- collectives ->   pipe(...)
+                    <-- step, preview ---   (each step: go on or stop?  -> broadcast)
+    3. decode       --------------------->  VAE decode -> uint8 frames
+    4. mp4 + sidecar, as for a local job
+
+The split: Ulysses (all-to-all over heads) when the transformer's head count divides by N, ring attention
+otherwise (it needs an attention kernel that returns the log-sum-exp: flash, sage or PyTorch's flash on
+a CUDA GPU in bf16/fp16); where neither fits, Ulysses with padded heads (diffusers' "ulysses anything").
+A clip whose token count does not divide by N uses diffusers' uneven ("anything") split on NCCL; gloo
+(CPU processes) cannot gather uneven pieces, so there such a clip is refused with the sizes that work.
+
+The ranks load through the app's own loader, so what it does at load (memory level, attention kernel,
+fused projections, compilation) applies on every rank. The fast path's per-job parts (prompt-embedding
+cache, batched guidance, step cache, the out-of-memory ladder) belong to the local path and do not run
+across ranks yet; a job that asks for the step cache gets a note.
+
+Other models, a machine with fewer GPUs than N, and benchmark runs with random weights run on one GPU as
+before, with a line in the log and a note on the job. On a machine without a GPU, ``--parallel N`` runs N
+CPU processes over gloo: that checks the machinery end to end (the tests do), it is not faster.
+
+No torch import here at module level; nothing starts until a job needs it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from ..studio.jobs import RequestError
+
+logger = logging.getLogger(__name__)
+
+WAN_PIPELINES = ("WanPipeline", "WanImageToVideoPipeline")
+
+
+# --- the choice of split ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CPMode:
+    """How the sequence is shared: ``ulysses`` or ``ring`` over ``degree`` ranks."""
+
+    kind: str  # "ulysses" or "ring"
+    degree: int
+    padded_heads: bool = False  # Ulysses with the head count padded up to a multiple of the degree
+
+    @property
+    def ulysses_degree(self) -> int:
+        return self.degree if self.kind == "ulysses" else 1
+
+    @property
+    def ring_degree(self) -> int:
+        return self.degree if self.kind == "ring" else 1
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind} x{self.degree}" + (" (heads padded)" if self.padded_heads else "")
+
+    def config_kwargs(self, uneven: bool) -> dict:
+        """Arguments of diffusers' ``ContextParallelConfig`` for this mode."""
+        if self.kind == "ulysses":
+            return {"ulysses_degree": self.degree, "ulysses_anything": self.padded_heads or uneven}
+        return {"ring_degree": self.degree, "ring_anything": uneven}
+
+    def set_flags(self, config, uneven: bool) -> None:
+        """Switch a live ``ContextParallelConfig`` between the even and the uneven ("anything") split.
+
+        diffusers reads these flags at every forward (the sharding hooks and the templated attention), so
+        one model serves clips of any size; ``enable_parallelism`` itself runs once per model.
+        """
+        for name, value in self.config_kwargs(uneven).items():
+            if name.endswith("_anything"):
+                setattr(config, name, value)
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def choose_mode(heads: int, world: int, ring_ok: bool) -> CPMode:
+    """Ulysses when ``heads`` divides by ``world``; ring otherwise when ``ring_ok``; else padded Ulysses
+    when diffusers allows the padding (fewer padded heads than heads per rank); else a ``RequestError``."""
+    if world < 2:
+        raise ValueError(f"context parallelism needs 2 or more ranks, not {world}")
+    if heads % world == 0:
+        return CPMode("ulysses", world)
+    if ring_ok:
+        return CPMode("ring", world)
+    pad = world - heads % world
+    if pad < (heads + pad) // world:
+        return CPMode("ulysses", world, padded_heads=True)
+    fits = ", ".join(str(n) for n in range(2, heads + 1) if heads % n == 0 and n <= 16)
+    raise RequestError(
+        f"--parallel {world}: the model's {heads} attention heads cannot be shared by {world} ranks. Ulysses needs "
+        f"the head count to divide by {world} (it does for {fits}); ring attention needs a CUDA GPU in bf16 or fp16.",
+        key="parallel_heads", heads=heads, world=world,
+    )
+
+
+def ring_available(device_kind: str, dtype: str) -> bool:
+    """Ring attention merges partial results with the log-sum-exp, which PyTorch's SDPA does not return:
+    it needs a kernel that does (flash-attn, SageAttention, cuDNN or PyTorch's own flash kernel), and
+    all of them run on a CUDA GPU in bf16/fp16. Not on a CPU."""
+    return device_kind == "cuda" and dtype in ("bf16", "fp16")
+
+
+# The app's attention kernels (``--attention``) that diffusers can run context-parallel; all of them also
+# return the log-sum-exp that ring attention needs. flash-attn 3 and xformers cannot (diffusers 0.42).
+_CP_KERNELS = {"flash": "flash", "sage": "sage", "cudnn": "_native_cudnn"}
+
+
+_APP_KERNELS = {"native": "sdpa", **{backend: name for name, backend in _CP_KERNELS.items()}}
+
+
+def cp_backend(kind: str, attention: str) -> str:
+    """diffusers' attention backend for a context-parallel run: the app's kernel where diffusers supports
+    context parallelism with it, else PyTorch SDPA for Ulysses and PyTorch's flash kernel for ring."""
+    if attention in _CP_KERNELS:
+        return _CP_KERNELS[attention]
+    return "_native_flash" if kind == "ring" else "native"
+
+
+def sequence_tokens(frames: int, height: int, width: int, vae_temporal: int, vae_spatial: int, patch) -> int:
+    """The transformer's sequence length for a clip (what context parallelism splits), with the frame count
+    rounded to 4n+1 as ``WanPipeline`` does."""
+    if (frames - 1) % vae_temporal:
+        frames = frames // vae_temporal * vae_temporal + 1
+    latent_frames = (frames - 1) // vae_temporal + 1
+    return (latent_frames // patch[0]) * (height // vae_spatial // patch[1]) * (width // vae_spatial // patch[2])
+
+
+def plan(settings, spec, device: str) -> tuple[int, str]:
+    """How many ranks a job of ``spec`` runs on, and, when that is 1 although ``--parallel`` asked for more,
+    why (for the log and the job's notes)."""
+    wanted = int(getattr(settings, "parallel", 1) or 1)
+    if wanted <= 1:
+        return 1, ""
+    if spec.pipeline_class not in WAN_PIPELINES:
+        return 1, f"--parallel {wanted} is for Wan models; {spec.title} runs on one GPU."
+    if getattr(settings, "random_weights", False):
+        return 1, f"--parallel {wanted} is off for random weights (each process would draw its own); one GPU."
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.distributed.is_available() or not torch.distributed.is_nccl_available():
+            return 1, (f"--parallel {wanted} needs NCCL, which this PyTorch build lacks (Windows builds have none); "
+                       f"{spec.title} runs on one GPU.")
+        count = torch.cuda.device_count()
+        if count < wanted:
+            return 1, f"--parallel {wanted} asks for {wanted} GPUs but this machine has {count}; {spec.title} runs on one GPU."
+    return wanted, ""
+
+
+# --- the resident model -------------------------------------------------------------------------------
+
+
+class ParallelPipeline:
+    """What the model manager keeps for a Wan model loaded across N ranks (``LoadedModel.pipe``)."""
+
+    def __init__(self, spec, group, infos: list[dict]):
+        self.spec = spec
+        self.group = group
+        self.infos = infos
+        first = infos[0]
+        self.world = len(infos)
+        self.mode = CPMode(**first["mode"])
+        self.backend = first["backend"]
+
+    @property
+    def components(self) -> dict:
+        """No module of this model lives in the worker's process (``loading.parameter_bytes`` counts none)."""
+        return {}
+
+    def split(self, frames: int, height: int, width: int) -> tuple[int, bool]:
+        """The clip's token count and whether it splits unevenly; refuses what this group cannot run."""
+        first = self.infos[0]
+        tokens = sequence_tokens(frames, height, width, first["vae_scale_temporal"], first["vae_scale_spatial"],
+                                 first["patch_size"])
+        uneven = tokens % self.world != 0
+        if uneven and self.backend == "gloo":
+            def fits(count):
+                return sequence_tokens(count, height, width, first["vae_scale_temporal"], first["vae_scale_spatial"],
+                                       first["patch_size"]) % self.world == 0
+
+            nearest = sorted((f for f in range(max(1, frames - 32), frames + 33) if (f - 1) % 4 == 0 and fits(f)),
+                             key=lambda f: abs(f - frames))[:2]
+            hint = (f"{' or '.join(str(f) for f in sorted(nearest))} frames work at this size"
+                    if nearest else "no frame count near it works at this size: choose another aspect ratio")
+            raise RequestError(
+                f"On CPU processes (gloo) a clip's tokens must divide by --parallel {self.world}, and {frames} frames "
+                f"at {width}x{height} make {tokens}: gloo cannot gather uneven pieces. {hint[0].upper()}{hint[1:]}.",
+                key="parallel_uneven", tokens=tokens, world=self.world,
+            )
+        return tokens, uneven
+
+    def encode(self, **kwargs) -> tuple:
+        """``encode_prompt`` on rank 0; the embeddings come back here, on the CPU."""
+        return self.group.request("encode", kwargs, ranks=[0], breaks_group=False)[0]
+
+    def denoise(self, kwargs: dict, seed: int, shift, uneven: bool, preview_every: int, on_step) -> dict:
+        """The same ``pipe(**kwargs)`` on every rank; ``on_step(step, preview) -> stop`` at each step."""
+        payload = {"kwargs": kwargs, "seed": seed, "shift": shift, "uneven": uneven, "preview_every": preview_every}
+        return self.group.request("denoise", payload, on_step=on_step)[0]
+
+    def decode(self):
+        """The latents rank 0 kept from the last ``denoise``, decoded there: uint8 frames (F, H, W, 3)."""
+        return self.group.request("decode", None, ranks=[0], breaks_group=False)[0]
+
+    def latents(self):
+        """A CPU copy of the latents rank 0 kept from the last ``denoise`` (None after ``decode``)."""
+        return self.group.request("latents", None, ranks=[0], breaks_group=False)[0]
+
+    def record(self, tokens: int, uneven: bool) -> dict:
+        """For the sidecar."""
+        first = self.infos[0]
+        return {
+            "ranks": self.world,
+            "mode": self.mode.kind,
+            "degree": self.mode.degree,
+            "heads": first["heads"],
+            "heads_padded": self.mode.padded_heads,
+            "tokens": tokens,
+            "uneven_split": uneven,
+            "backend": self.backend,
+            "attention": first["cp_attention"],
+            "devices": [info["device"] for info in self.infos],
+        }
+
+    def remove_all_hooks(self) -> None:
+        """Called by the model manager when it drops this model (eviction, Release VRAM): end the ranks, which
+        is what gives their GPU memory back."""
+        self.close()
+
+    def close(self) -> None:
+        self.group.close()
+
+
+def load_parallel_model(spec, settings, device: str, dtype: str):
+    """Start the ranks for ``spec`` and wait until each holds the model; returns a ``LoadedModel``."""
+    from ..device.loading import LoadedModel, resolve_source
+    from .parallel_group import RankGroup
+
+    world, _ = plan(settings, spec, device)
+    started = time.perf_counter()
+    # Here, once: builds the tiny demo model (never N processes at once) and reports a model missing from
+    # the cache before any process starts.
+    resolve_source(spec, settings)
+    device_kind = "cuda" if device.startswith("cuda") else "cpu"
+    if device_kind == "cpu":
+        logger.info("--parallel %d without a GPU: %d CPU processes over gloo. This checks the machinery; it is not "
+                    "faster than one process.", world, world)
+    setup = {
+        "spec_id": spec.id,
+        "settings": dataclasses.replace(settings, parallel=1),
+        "device_kind": device_kind,
+        "dtype": dtype,
+        "log_level": logging.WARNING,
+    }
+    group = RankGroup(world, setup)
+    infos = group.start()
+    pipe = ParallelPipeline(spec, group, infos)
+    seconds = time.perf_counter() - started
+    first = infos[0]
+    logger.info("Loaded %s on %d ranks (%s) in %.1f s: context parallel %s, %s, attention %s, %.2f GiB per rank",
+                spec.title, world, ", ".join(info["device"] for info in infos), seconds, pipe.mode.label,
+                first["backend"], first["cp_attention"], first["n_bytes"] / 2**30)
+    # The kernel the ranks really use, in the app's words where it has one (sidecar, status strip).
+    attention = _APP_KERNELS.get(first["cp_attention"], first["cp_attention"])
+    return LoadedModel(spec=spec, pipe=pipe, source=first["source"], revision=first["revision"],
+                       n_bytes=first["n_bytes"], load_seconds=seconds, attention=attention, device=device, dtype=dtype)
+
+
+# --- a job ------------------------------------------------------------------------------------------
+
+
+def run_parallel(task: str, job, ctx, request, spec, image=None, last=None) -> dict | None:
+    """Run a validated t2v or Wan i2v request across the ranks; None when it runs on one GPU instead
+    (the caller then goes on as usual). Stages, timings, progress, previews, cancel, the clip and its
+    sidecar are those of a local job; the sidecar adds ``parallel``."""
+    world, why = plan(ctx.settings, spec, ctx.device)
+    if world == 1:
+        if why:
+            logger.warning("Job %s: %s", job.id, why)
+            ctx.note(why)
+        return None
+
+    from ..media.ffmpeg import encode_comment, write_mp4
+    from ..studio.outputs import output_stem, sidecar_path, write_atomic, write_json_atomic
+    from ..tasks.video import PREVIEW_UPDATES, WAN_TEXT_TOKENS, video_sidecar
+
+    model, loaded_now = ctx.model(spec)
+    runner: ParallelPipeline = model.pipe
+    if not loaded_now:
+        logger.info("Job %s: %s already resident on %d ranks, not reloaded", job.id, spec.title, runner.world)
+    tokens, uneven = runner.split(request.frames, request.height, request.width)
+    if getattr(request, "step_cache", 0):
+        ctx.note("The step cache does not run across ranks yet: this clip is made without it.")
+    use_guidance = request.guidance > 1.0
+    inputs: dict[str, Any] = {}
+    if task == "i2v":
+        from ..media.images import fit_image
+
+        size = (request.width, request.height)
+        inputs["image"] = fit_image(image.image, size, request.fit)
+        if last is not None:
+            inputs["last_image"] = fit_image(last.image, size, request.fit)
+
+    # 1. Text encoding on rank 0, once for all clips.
+    with ctx.stage("text_encode"):
+        positive, negative = runner.encode(prompt=request.prompt, negative_prompt=request.negative_prompt,
+                                           do_classifier_free_guidance=use_guidance, num_videos_per_prompt=1,
+                                           max_sequence_length=WAN_TEXT_TOKENS)
+    ctx.check_cancel()
+
+    clips: list[dict] = []
+    copies: dict = {}
+    preview_every = max(1, request.steps // PREVIEW_UPDATES)
+    for index in range(request.clips):
+        seed = (request.seed + index) % 2**32
+        clip_timings: dict[str, float] = {}
+        clock = ctx.start_steps(request.steps, clip=index + 1, clips=request.clips)
+
+        def on_step(step, preview):
+            ctx.step(clock, preview=preview)
+            return job.cancelled  # True: every rank stops at this step
+
+        # 2. Denoising on every rank, the same inputs.
+        kwargs = {
+            **inputs,
+            "prompt_embeds": positive,
+            "negative_prompt_embeds": negative if use_guidance else None,
+            "height": request.height,
+            "width": request.width,
+            "num_frames": request.frames,
+            "num_inference_steps": request.steps,
+            "guidance_scale": request.guidance,
+        }
+        started = time.perf_counter()
+        with ctx.stage("denoise"):
+            runner.denoise(kwargs, seed, request.shift, uneven, preview_every, on_step)
+        clip_timings["denoise"] = time.perf_counter() - started
+        ctx.check_cancel()
+
+        # 3. VAE decode on rank 0.
+        started = time.perf_counter()
+        with ctx.stage("decode"):
+            frames = runner.decode()
+        clip_timings["decode"] = time.perf_counter() - started
+        ctx.check_cancel()
+
+        # 4. mp4 and sidecar.
+        settings = _clip_settings(task, request, spec, seed, image, last)
+        started = time.perf_counter()
+        with ctx.stage("encode"):
+            stem = output_stem(ctx.settings.outputs_dir, task, str(seed), dt.datetime.now())
+            video_path = write_atomic(stem.with_suffix(".mp4"),
+                                      lambda temp: write_mp4(frames, temp, request.fps, comment=encode_comment(settings)))
+            if task == "i2v" and not copies:
+                from ..tasks.i2v import _copy_inputs
+
+                copies = _copy_inputs(video_path, image, last, write_atomic)
+        clip_timings["encode"] = time.perf_counter() - started
+        sidecar = video_sidecar(task, job, ctx, request, spec, model, loaded_now, settings, clip_timings, video_path,
+                                frames.shape)
+        sidecar["parallel"] = runner.record(tokens, uneven)
+        if task == "i2v":
+            sidecar["input"] = {**image.record(), "copy": copies["image"]["copy"], "fit": request.fit,
+                                "used_width": request.width, "used_height": request.height}
+            if last is not None:
+                sidecar["last_frame"] = {**last.record(), "copy": copies["last_frame"]["copy"]}
+        sidecar_file = write_json_atomic(sidecar_path(video_path), sidecar)
+        logger.info("Job %s: wrote %s (%d ranks, %s)", job.id, video_path, runner.world, runner.mode.label)
+        clips.append({"video": str(video_path), "sidecar": str(sidecar_file), "seed": seed})
+    result = {"clips": clips, "notes": list(request.notes), "seed": request.seed}
+    if task == "i2v":
+        result.update(input=copies["image"]["path"], size=[request.width, request.height])
+    return result
+
+
+def _clip_settings(task: str, request, spec, seed: int, image, last) -> dict:
+    """What made the clip, as the local task records it: i2v's own record; for t2v every request field
+    but the bookkeeping ones (so a field added to ``T2VRequest`` is recorded here too)."""
+    if task == "i2v":
+        from ..tasks.i2v import _settings
+
+        return _settings(request, spec, seed, image, last)
+    record = {name: value for name, value in dataclasses.asdict(request).items()
+              if name not in ("notes", "clips", "duration_s")}
+    record.update(model=spec.id, seed=seed)
+    return record
