@@ -159,7 +159,7 @@ def test_row_limit_empty_batches_and_unknown_presets(local):
 def test_every_batch_error_key_has_english_and_chinese_text():
     from ui.i18n import STRINGS
 
-    source = (ROOT / "pipelines" / "batch.py").read_text(encoding="utf-8")
+    source = "".join(path.read_text(encoding="utf-8") for path in (ROOT / "pipelines" / "tasks").glob("batch*.py"))
     keys = set(re.findall(r'key="(batch_\w+)"', source)) | {"batch_path_outside", "batch_path_invalid", "batch_cancelled"}
     assert len(keys) > 10
     for lang in ("en", "zh"):
