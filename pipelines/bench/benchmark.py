@@ -525,7 +525,7 @@ def cold_start_seconds(demo: bool, timeout: float = 300.0) -> float | None:
     import tempfile
     import urllib.request
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]

@@ -19,7 +19,7 @@ import contextlib
 import json
 from pathlib import Path
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "assets" / "model_configs"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "assets" / "model_configs"
 
 
 def config_for(model_id: str) -> dict:

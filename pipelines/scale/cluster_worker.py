@@ -26,7 +26,7 @@ from ..studio.jobs import Job
 
 logger = logging.getLogger(__name__)
 
-APP_ROOT = Path(__file__).resolve().parents[1]
+APP_ROOT = Path(__file__).resolve().parents[2]
 # Packages whose versions must match on every host (docs/cluster.md).
 MATCHING_PACKAGES = ("torch", "diffusers", "transformers", "accelerate", "gradio", "ray")
 STATUS_EVERY_S = 2.0  # while a job runs, the worker's status (memory) goes with its events this often
