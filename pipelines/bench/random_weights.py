@@ -48,12 +48,18 @@ def _default_dtype(dtype):
 
 def build_component(entry: dict, device: str, dtype, **extra):
     """One component from its class name and config, created on ``device`` in ``dtype``; ``extra`` goes to
-    a transformers config (``attn_implementation``)."""
+    a transformers config (``attn_implementation``). A class not exported at the top of diffusers names its
+    module (``"module": "diffusers.pipelines.<family>"``)."""
+    import importlib
+
     import diffusers
     import torch
     import transformers
 
     name, config = entry["class"], dict(entry["config"])
+    if "module" in entry:
+        with torch.device(device), _default_dtype(dtype):
+            return getattr(importlib.import_module(entry["module"]), name).from_config(config).eval()
     if hasattr(diffusers, name) and name.endswith("Scheduler"):
         return getattr(diffusers, name).from_config(config)
     if name.endswith(("Processor", "FeatureExtractor")):  # no weights: image processor, mel features
