@@ -28,8 +28,12 @@ def ffmpeg_exe() -> str:
         ) from error
 
 
-def write_mp4(frames: np.ndarray, path: Path, fps: int, crf: int = 18, comment: str = "") -> None:
-    """Encode uint8 frames (F, H, W, 3) to an H.264 mp4 that browsers play (yuv420p, faststart)."""
+def write_mp4(frames: np.ndarray, path: Path, fps: int, crf: int = 18, comment: str = "",
+              audio: tuple[np.ndarray, int] | None = None) -> None:
+    """Encode uint8 frames (F, H, W, 3) to an H.264 mp4 that browsers play (yuv420p, faststart); ``audio``
+    (float samples (channels, n) in [-1, 1], sample rate) becomes an AAC track of the clip's length."""
+    import tempfile
+
     import ffmpeg
 
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
@@ -42,14 +46,26 @@ def write_mp4(frames: np.ndarray, path: Path, fps: int, crf: int = 18, comment: 
     options = dict(vcodec="libx264", pix_fmt="yuv420p", crf=crf, preset="medium", movflags="+faststart", format="mp4")
     if comment:
         options["metadata"] = f"comment={comment}"
-    process = stream.output(str(path), **options).overwrite_output().global_args("-loglevel", "error")
-    try:
-        process.run(cmd=ffmpeg_exe(), input=np.ascontiguousarray(frames).tobytes(), capture_stdout=True, capture_stderr=True)
-    except ffmpeg.Error as error:
-        message = (error.stderr or b"").decode("utf-8", "replace").strip()
-        if "No space left" in message:
-            raise OSError(28, f"The disk is full while writing {Path(path).name}.") from None
-        raise RuntimeError(f"ffmpeg could not encode the clip: {message or error}") from None
+    with tempfile.TemporaryDirectory(prefix="cinescribe-audio-") as folder:
+        streams = [stream]
+        if audio is not None:
+            samples, rate = np.asarray(audio[0], dtype=np.float32), int(audio[1])
+            samples = samples[None] if samples.ndim == 1 else samples
+            raw = Path(folder) / "audio.f32"
+            np.clip(samples, -1.0, 1.0).T.astype("<f4").tofile(raw)  # interleaved
+            # padded with silence or cut to the clip's length
+            sound = ffmpeg.input(str(raw), format="f32le", ar=rate, ac=samples.shape[0]).audio.filter("apad")
+            streams.append(sound)
+            options.update(acodec="aac", audio_bitrate="192k", t=f"{count / fps:.6f}")
+        process = ffmpeg.output(*streams, str(path), **options).overwrite_output().global_args("-loglevel", "error")
+        try:
+            process.run(cmd=ffmpeg_exe(), input=np.ascontiguousarray(frames).tobytes(), capture_stdout=True,
+                        capture_stderr=True)
+        except ffmpeg.Error as error:
+            message = (error.stderr or b"").decode("utf-8", "replace").strip()
+            if "No space left" in message:
+                raise OSError(28, f"The disk is full while writing {Path(path).name}.") from None
+            raise RuntimeError(f"ffmpeg could not encode the clip: {message or error}") from None
 
 
 def probe_video(path: Path) -> dict:

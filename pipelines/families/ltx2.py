@@ -1,0 +1,317 @@
+"""LTX-2 (``LTX2Pipeline``, ``LTX2ImageToVideoPipeline``): text and image to video, with its sound.
+
+One transformer denoises the video latents and the audio latents together; the video VAE decodes the
+frames and the audio VAE plus the vocoder the sound, which the clip's mp4 carries as an AAC track
+(``decode_audio``). Its rules: ``8n + 1`` frames (the VAE compresses time 8x), width and height multiples of
+32, 24 fps. The settings follow the model card and diffusers' LTX-2 page: 40 steps at guidance 4.0 for the
+base model; the distilled LoRA (``ltx-2-19b-distilled-lora-384``) makes 8 steps at guidance 1.0 on the
+distilled sigma schedule, and changes the output like Wan's Turbo. The call keeps LTX-2.0's own recipe
+(classifier-free guidance only: no STG, no modality guidance, no cross-timestep), which is what the
+published ``Lightricks/LTX-2`` weights were made for.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from . import base
+from .spec import ModelSpec, VideoPreset
+
+NAME = "ltx2"
+DEFAULTS: dict[str, str] = {}
+
+NEGATIVE_PROMPT = ("shaky, glitchy, low quality, worst quality, deformed, distorted, disfigured, motion smear, "
+                   "motion artifacts, fused fingers, bad anatomy, weird hand, ugly, transition, static.")
+TEXT_TOKENS = 1024  # Gemma 3 prompt length LTX2Pipeline uses
+USES_FLOW_SHIFT = False  # its scheduler shifts by the sequence length (dynamic shifting)
+SIZE_MULTIPLE = 32
+TEMPORAL = 8  # the VAE compresses 8 frames into one latent frame: clips are 8n + 1 frames
+MIN_FRAMES = 9
+FP32_COMPONENTS: tuple[str, ...] = ()  # diffusers' examples run every component in bf16
+ATTENTION = "dispatcher"
+BATCHED_GUIDANCE = False  # its pipeline already runs both guidance passes in one batch
+STEP_CACHE = False
+CONTEXT_PARALLEL = False
+PREVIEW_RGB = None
+
+# The distilled model's sigma schedule (diffusers.pipelines.ltx2.utils.DISTILLED_SIGMA_VALUES, from Lightricks'
+# ltx-pipelines constants), used when a distilled entry runs its 8 steps.
+DISTILLED_SIGMAS = (1.0, 0.99375, 0.9875, 0.98125, 0.975, 0.909375, 0.725, 0.421875)
+# LTX-2.0's call: classifier-free guidance only (diffusers' defaults follow LTX-2.3: STG, modality guidance).
+_CALL = {"stg_scale": 0.0, "audio_stg_scale": 0.0, "spatio_temporal_guidance_blocks": None, "modality_scale": 1.0,
+         "audio_modality_scale": 1.0, "guidance_rescale": 0.0, "audio_guidance_rescale": 0.0,
+         "use_cross_timestep": False}
+
+_PRESETS = (
+    VideoPreset("Preview", "480p", 49, 20, 4.0, 1.0),
+    VideoPreset("Standard", "480p", 121, 40, 4.0, 1.0),
+    VideoPreset("High quality", "720p", 121, 40, 4.0, 1.0),
+)
+_DISTILLED = VideoPreset("Distilled", "480p", 121, len(DISTILLED_SIGMAS), 1.0, 1.0, changes_output=True)
+_LORA = {"lora_repo_id": "Lightricks/LTX-2", "lora_weight_name": "ltx-2-19b-distilled-lora-384.safetensors"}
+_COMMON = dict(repo_id="Lightricks/LTX-2", resolutions=("480p", "720p"), fps=24, max_frames=257,
+               extra={"size_multiple": SIZE_MULTIPLE, "has_audio": True})
+_NOTES = "Makes its sound too (AAC in the mp4). 8n+1 frames, sizes multiples of 32, 24 fps."
+_DISTILLED_NOTES = "Distilled LoRA: 8 steps at guidance 1.0. Output differs from the base model. " + _NOTES
+
+SPECS: tuple[ModelSpec, ...] = (
+    ModelSpec(id="ltx2-t2v", task="t2v", title="LTX-2 19B (video + audio)", pipeline_class="LTX2Pipeline",
+              vram_gb=66.0, presets=_PRESETS, demo_kind="ltx2-t2v", notes=_NOTES, **_COMMON),
+    ModelSpec(id="ltx2-t2v-distilled", task="t2v", title="LTX-2 19B + distilled LoRA (8 steps, video + audio)",
+              pipeline_class="LTX2Pipeline", vram_gb=67.0, presets=(_DISTILLED,) + _PRESETS,
+              default_preset="Distilled", demo_kind="ltx2-t2v", notes=_DISTILLED_NOTES, **_LORA, **_COMMON),
+    ModelSpec(id="ltx2-i2v", task="i2v", title="LTX-2 19B (video + audio)", pipeline_class="LTX2ImageToVideoPipeline",
+              vram_gb=66.0, presets=_PRESETS, demo_kind="ltx2-i2v", notes=_NOTES, **_COMMON),
+    ModelSpec(id="ltx2-i2v-distilled", task="i2v", title="LTX-2 19B + distilled LoRA (8 steps, video + audio)",
+              pipeline_class="LTX2ImageToVideoPipeline", vram_gb=67.0, presets=(_DISTILLED,) + _PRESETS,
+              default_preset="Distilled", demo_kind="ltx2-i2v", notes=_DISTILLED_NOTES, **_LORA, **_COMMON),
+)
+_DISTILLED_IDS = frozenset(spec.id for spec in SPECS if spec.lora_repo_id)
+
+
+def _demo(kind: str):
+    def build():
+        from . import ltx2_demo
+
+        return ltx2_demo.BUILDERS[kind]()
+
+    return build
+
+
+DEMO_BUILDERS = {kind: _demo(kind) for kind in ("ltx2-t2v", "ltx2-i2v")}
+
+
+def load(spec: ModelSpec, settings, device: str, dtype: str):
+    from ..device.loading import load_video_pipeline
+
+    return load_video_pipeline(spec, settings, device, dtype, family=sys.modules[__name__])
+
+
+# --- requests -----------------------------------------------------------------------------------------
+
+
+def fit_frames(spec: ModelSpec, wanted: int) -> tuple[int, str | None]:
+    """The nearest ``8n + 1`` frame count, not above the spec's maximum, with a note when it changed."""
+    frames, note = base.snap_frames(spec, max(int(wanted), 1), TEMPORAL, "LTX-2")
+    if frames < MIN_FRAMES:
+        frames = MIN_FRAMES
+        note = f"LTX-2 makes {TEMPORAL}n+1 frames, at least {MIN_FRAMES}: {wanted} became {frames}."
+    return frames, note
+
+
+def check_size(width: int, height: int) -> None:
+    """Width and height must be multiples of 32 (the VAE compresses 32x): a ``ValueError`` naming them if not."""
+    if width % SIZE_MULTIPLE or height % SIZE_MULTIPLE or width <= 0 or height <= 0:
+        raise ValueError(f"LTX-2 needs a width and height that are multiples of {SIZE_MULTIPLE}, "
+                         f"not {width} x {height}.")
+
+
+def call_kwargs(request) -> dict:
+    """The pipeline call's LTX-2 arguments: its frame rate (the positions and the sound's length follow it),
+    LTX-2.0's guidance recipe, and the distilled sigmas for a distilled entry's 8 steps."""
+    kwargs = {"frame_rate": float(request.fps), **_CALL}
+    if request.model in _DISTILLED_IDS and int(request.steps) == len(DISTILLED_SIGMAS):
+        kwargs["sigmas"] = list(DISTILLED_SIGMAS)
+    return kwargs
+
+
+# --- running a job --------------------------------------------------------------------------------------
+
+
+def encode_prompt(pipe, request, guidance: bool):
+    """``((embeds, mask), (negative embeds, mask) or None)`` from Gemma 3, in the transformer's dtype."""
+    import torch
+
+    with torch.no_grad():
+        positive, mask, negative, negative_mask = pipe.encode_prompt(
+            prompt=request.prompt, negative_prompt=request.negative_prompt, do_classifier_free_guidance=guidance,
+            num_videos_per_prompt=1, max_sequence_length=TEXT_TOKENS, device=pipe._execution_device)
+    dtype = pipe.transformer.dtype
+    return (positive.to(dtype), mask), ((negative.to(dtype), negative_mask) if guidance else None)
+
+
+def denoise(pipe, request, embeds, seed: int, on_latents, job, inputs: dict):
+    """The pipeline's loop to ``(video latents, audio latents)``, both denormalised (what ``decode`` and
+    ``decode_audio`` take); ``on_latents`` gets the video latents (C, F, h, w) each step."""
+    import torch
+
+    check_size(request.width, request.height)
+    (positive, mask), negative = embeds
+    latent_shape = ((request.frames - 1) // pipe.vae_temporal_compression_ratio + 1,
+                    request.height // pipe.vae_spatial_compression_ratio,
+                    request.width // pipe.vae_spatial_compression_ratio)
+
+    def on_step(pipeline, step, timestep, tensors):
+        packed = tensors["latents"]
+        on_latents(pipeline._unpack_latents(packed, *latent_shape, pipeline.transformer_spatial_patch_size,
+                                            pipeline.transformer_temporal_patch_size)[0])
+        if job.cancelled:
+            pipeline._interrupt = True  # diffusers' contract: the loop stops at the next step
+        return {}
+
+    image = {"image": inputs["image"], "image_crf": 0} if inputs.get("image") is not None else {}
+    if image and inputs.get("image_crf", 0):
+        image["image"] = recompress(inputs["image"], inputs["image_crf"])
+    video, audio = pipe(
+        **image,
+        prompt_embeds=positive,
+        prompt_attention_mask=mask,
+        negative_prompt_embeds=negative[0] if negative is not None else None,
+        negative_prompt_attention_mask=negative[1] if negative is not None else None,
+        height=request.height,
+        width=request.width,
+        num_frames=request.frames,
+        num_inference_steps=request.steps,
+        guidance_scale=request.guidance,
+        audio_guidance_scale=None,  # the same as the video's
+        generator=torch.Generator("cpu").manual_seed(seed),
+        output_type="latent",
+        return_dict=False,
+        callback_on_step_end=on_step,
+        callback_on_step_end_tensor_inputs=["latents"],
+        **call_kwargs(request),
+    )
+    return video, audio
+
+
+def decode(pipe, latents, tiled: bool):
+    """Video latents -> uint8 frames (F, H, W, 3), as ``LTX2Pipeline`` decodes them (tiled: the VAE's tiling)."""
+    import numpy as np
+    import torch
+
+    video_latents = latents[0] if isinstance(latents, tuple) else latents
+    vae = pipe.vae
+    was_tiled = bool(getattr(vae, "use_tiling", False))
+    if tiled and not was_tiled:
+        vae.enable_tiling()
+    try:
+        with torch.no_grad():
+            video = vae.decode(video_latents.to(pipe._execution_device, vae.dtype), None, return_dict=False)[0]
+    finally:
+        if tiled and not was_tiled:
+            vae.disable_tiling()
+    frames = pipe.video_processor.postprocess_video(video, output_type="np")[0]
+    return (np.clip(frames, 0.0, 1.0) * 255).round().astype(np.uint8)
+
+
+def decode_audio(pipe, latents):
+    """Audio latents -> ``(float32 samples (channels, n) in [-1, 1], sample rate)``: audio VAE to a mel
+    spectrogram, then the vocoder, as ``LTX2Pipeline`` does."""
+    import numpy as np
+    import torch
+
+    audio_latents = latents[1]
+    with torch.no_grad():
+        mel = pipe.audio_vae.decode(audio_latents.to(pipe._execution_device, pipe.audio_vae.dtype), return_dict=False)[0]
+        waveform = pipe.vocoder(mel.to(pipe.vocoder.dtype))
+    samples = waveform[0].float().cpu().numpy()
+    return np.clip(samples, -1.0, 1.0).astype(np.float32), int(pipe.vocoder.config.output_sampling_rate)
+
+
+def recompress(image, crf: int):
+    """The input image through H.264 at ``crf`` and back (LTX-2 was trained on such frames; the pipeline's own
+    re-compression needs PyAV, this uses the app's ffmpeg)."""
+    import subprocess
+
+    import numpy as np
+    from PIL import Image
+
+    from ..media.ffmpeg import ffmpeg_exe
+
+    pixels = np.asarray(image.convert("RGB"))
+    height, width = pixels.shape[0] // 2 * 2, pixels.shape[1] // 2 * 2
+    pixels = np.ascontiguousarray(pixels[:height, :width])
+    encode = [ffmpeg_exe(), "-v", "error", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-i", "-",
+              "-c:v", "libx264", "-preset", "veryfast", "-crf", str(int(crf)), "-pix_fmt", "yuv420p", "-f", "h264", "-"]
+    h264 = subprocess.run(encode, input=pixels.tobytes(), capture_output=True, check=True).stdout
+    decode_cmd = [ffmpeg_exe(), "-v", "error", "-f", "h264", "-i", "-", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
+    raw = subprocess.run(decode_cmd, input=h264, capture_output=True, check=True).stdout
+    return Image.fromarray(np.frombuffer(raw[: width * height * 3], np.uint8).reshape(height, width, 3))
+
+
+# --- device side ----------------------------------------------------------------------------------------
+
+# Per token and batch item, the widest live tensors of one block in the compute dtype: q, k, v, the
+# attention output and the cross-attention's (video and audio streams), plus the FFN's hidden layer.
+BLOCK_LIVE_WIDTHS = 8
+VAE_LIVE_MAPS = 12  # fp32/bf16 feature maps of 128 channels at the output size, whole decode
+VAE_CHANNELS = 128
+VAE_TILE_PIXELS = 512 * 512  # diffusers' LTX-2 VAE tiles (tile_sample_min_height/width = 512)
+AUDIO_LATENTS_PER_SECOND = 25  # 16 kHz / hop 160 / 4x temporal compression
+
+
+def tokens(config, frames: int, height: int, width: int, fps: float = 24.0) -> tuple[int, int]:
+    """(video tokens, audio tokens) of the transformer for a clip."""
+    spatial, temporal = config.vae_scale_factors[1], config.vae_scale_factors[0]
+    video = ((frames - 1) // temporal + 1) * (height // spatial) * (width // spatial)
+    video //= config.patch_size_t * config.patch_size * config.patch_size
+    audio = round(frames / fps * config.audio_sampling_rate / config.audio_hop_length / config.audio_scale_factor)
+    return video, audio
+
+
+def activation_bytes(pipe, shape, batched_guidance: bool) -> int:
+    """Peak transient memory of one denoising step (estimate): both guidance passes run as one batch."""
+    config = pipe.transformer.config
+    video, audio = tokens(config, shape.frames, shape.height, shape.width)
+    batch = 2 if shape.guidance else 1
+    width = config.num_attention_heads * config.attention_head_dim
+    audio_width = config.audio_num_attention_heads * config.audio_attention_head_dim
+    element = getattr(pipe.transformer.dtype, "itemsize", 2)
+    return batch * element * (video * BLOCK_LIVE_WIDTHS * width * 3 // 2 + audio * BLOCK_LIVE_WIDTHS * audio_width * 3 // 2)
+
+
+def decode_bytes(pipe, shape, tiled: bool) -> int:
+    """Peak memory of the video VAE decode of one clip, whole or tiled (estimate)."""
+    pixels = shape.height * shape.width
+    if tiled:
+        pixels = min(pixels, VAE_TILE_PIXELS)
+    frames = min(shape.frames, 16) if tiled else shape.frames
+    return 2 * pixels * frames * VAE_CHANNELS * VAE_LIVE_MAPS // 8
+
+
+# --- measuring ----------------------------------------------------------------------------------------
+
+
+def forward_flops_closed_form(config, video: int, audio: int, text: int) -> int:
+    """FLOPs of one transformer forward (2 per multiply-add), blocks only: per block, video and audio self-attention,
+    cross-attention to the text, the audio-to-video and video-to-audio cross-attention, and the FFNs."""
+    d = config.num_attention_heads * config.attention_head_dim
+    a = config.audio_num_attention_heads * config.audio_attention_head_dim
+    per_block = (
+        8 * video * d * d + 4 * video * video * d  # video self-attention
+        + 4 * video * d * d + 4 * text * d * d + 4 * video * text * d  # video <- text
+        + 8 * audio * a * a + 4 * audio * audio * a  # audio self-attention
+        + 4 * audio * a * a + 4 * text * a * a + 4 * audio * text * a  # audio <- text
+        + 2 * (2 * video * d * a + 2 * audio * a * a + 2 * audio * a * a + 2 * video * a * d + 2 * video * audio * a)
+        + 16 * video * d * d + 16 * audio * a * a  # FFNs (4x wide)
+    )
+    return config.num_layers * per_block
+
+
+def forward_flops(transformer, frames: int, height: int, width: int, text_tokens: int = TEXT_TOKENS) -> float:
+    """One transformer forward (video and audio streams) at a clip's shapes, counted on the ``meta`` device."""
+    import torch
+
+    config = transformer.config
+    video, audio = tokens(config, frames, height, width)
+    temporal, spatial = config.vae_scale_factors[0], config.vae_scale_factors[1]
+    dtype = transformer.dtype
+
+    def empty(*shape, kind=dtype):
+        return torch.empty(*shape, device="meta", dtype=kind)
+
+    return base.count_forward_flops(
+        transformer, hidden_states=empty(1, video, config.in_channels),
+        audio_hidden_states=empty(1, audio, config.audio_in_channels),
+        encoder_hidden_states=empty(1, text_tokens, config.caption_channels),
+        audio_encoder_hidden_states=empty(1, text_tokens, config.caption_channels),
+        timestep=empty(1, kind=torch.float32), encoder_attention_mask=empty(1, text_tokens, kind=torch.float32),
+        audio_encoder_attention_mask=empty(1, text_tokens, kind=torch.float32), num_frames=(frames - 1) // temporal + 1,
+        height=height // spatial, width=width // spatial, fps=24.0, audio_num_frames=audio, return_dict=False)
+
+
+def denoise_flops(model_id: str, frames: int, height: int, width: int, steps: int, guidance: bool) -> dict:
+    """FLOPs of the denoising steps at the real size (``assets/model_configs/<id>.json``'s transformer)."""
+    per_forward = forward_flops(base.meta_component(model_id, "transformer"), frames, height, width)
+    passes = 2 if guidance else 1
+    return {"per_forward": per_forward, "forwards_per_step": passes, "steps": steps, "total": per_forward * passes * steps}
