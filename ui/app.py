@@ -20,16 +20,46 @@ CSS = """
 .cs-bar {height: 10px; background: var(--border-color-primary); border-radius: 5px; overflow: hidden; margin: 4px 0;}
 .cs-bar > div {height: 100%; background: var(--color-accent); transition: width 0.4s;}
 #cs-header {align-items: center;}
+.cs-hidden {display: none !important;}
+@media (max-width: 640px) {  /* a phone: the header in one line, the log short, Generate within the first screen */
+  #cs-header h2 {margin: 0;}
+  #cs-demo-banner, .cs-strip {font-size: 0.8em;}
+  #cs-log textarea {max-height: 8em;}
+}
 """
 
+# Gradio's own texts (upload boxes, "Record", the footer, toast titles) come from its frontend's i18n, which
+# starts from the browser's language; this makes them follow the app's choice. Gradio 6 exports the switch
+# (``changeLocale``) from its frontend's core module, whose hashed file name the page's entry script names.
+GRADIO_LOCALE_JS = """
+async function csGradioLocale(lang) {
+  const wanted = lang === "zh" ? "zh-CN" : "en";
+  try {
+    let url = performance.getEntriesByType("resource").map((e) => e.name).find((n) => /\\/assets\\/core-[\\w-]+\\.js$/.test(n));
+    if (!url) {
+      const entry = document.querySelector('script[type="module"][src*="assets/index-"]');
+      const text = entry ? await (await fetch(entry.src)).text() : "";
+      const found = text.match(/core-[\\w-]+\\.js/);
+      url = found ? new URL(found[0], entry.src).href : null;
+    }
+    if (url) { (await import(url)).changeLocale(wanted); }
+  } catch (e) { console.warn("Cinescribe: Gradio's language was not changed", e); }
+}
+"""
 # Picks the language on load: the user's last choice, else the browser's.
 LANGUAGE_JS = """
 (current) => {
-  try { const saved = localStorage.getItem("cinescribe-lang"); if (saved) { return saved; } } catch (e) {}
-  const lang = (navigator.languages && navigator.languages[0]) || navigator.language || "en";
-  return lang.toLowerCase().startsWith("zh") ? "zh" : "en";
+  %s
+  let lang = null;
+  try { lang = localStorage.getItem("cinescribe-lang"); } catch (e) {}
+  if (!lang) {
+    const browser = (navigator.languages && navigator.languages[0]) || navigator.language || "en";
+    lang = browser.toLowerCase().startsWith("zh") ? "zh" : "en";
+  }
+  csGradioLocale(lang);
+  return lang;
 }
-"""
+""" % GRADIO_LOCALE_JS
 # Keeps the log panel scrolled to its newest line, unless the reader scrolled up to read older ones.
 FOLLOW_LOG_JS = """
 () => {
@@ -48,8 +78,13 @@ FOLLOW_LOG_JS = """
 }
 """
 REMEMBER_LANGUAGE_JS = """
-(lang) => { try { localStorage.setItem("cinescribe-lang", lang); } catch (e) {} return lang; }
-"""
+(lang) => {
+  %s
+  try { localStorage.setItem("cinescribe-lang", lang); } catch (e) {}
+  csGradioLocale(lang);
+  return lang;
+}
+""" % GRADIO_LOCALE_JS
 
 
 def offline_theme() -> gr.themes.Base:
@@ -75,7 +110,7 @@ def build_demo(worker, settings, controller, log_buffer=None) -> gr.Blocks:
             translator.bind(gr.Markdown(t("en", "demo_banner"), elem_id="cs-demo-banner"), value="demo_banner")
         strip = gr.HTML(status_strip("en", worker.status()))
         forms: dict = {}  # task -> {request field: component}, for the History tab's "Reuse settings"
-        with gr.Tabs() as tabs:
+        with gr.Tabs(overflow_behavior="wrap") as tabs:  # every tab reachable on a phone, none behind a menu
             with translator.bind(gr.Tab("Text to video", id="t2v"), label="tab_t2v"):
                 language_hooks = build_t2v_tab(worker, settings, translator, lang_state, forms)
             with translator.bind(gr.Tab("Image to video", id="i2v"), label="i2v_tab"):

@@ -52,6 +52,20 @@ STRINGS: dict[str, dict[str, str]] = {
         "status_done": "Done: {count} clip(s) in {seconds:.1f} s, in {folder}",
         "status_cancelled": "Stopped. Nothing was written for the clip in progress.",
         "status_failed": "Failed: {error}",
+        "status_waited": "(after {seconds:.1f} s waiting in the queue)",
+        "status_stopped_kept": "Stopped while the last clip was being finished: it was kept ({count} clip(s) written); "
+        "no further clip was started.",
+        "duration_info": "Sets the number of frames from the model's frame rate; 0 uses the number of frames.",
+        "negative_info": "What to avoid. Wan's own default is written in Chinese, as the model was trained with "
+        "it; the sidecar records the exact text used.",
+        "preset_Preview": "Preview", "preset_Standard": "Standard", "preset_High quality": "High quality",
+        "preset_Quick preview": "Quick preview", "preset_Turbo": "Turbo",
+        "restart_confirm": "Restart the app now? Waiting jobs stay queued; a running job starts again.",
+        "settings_table_setting": "Setting",
+        "settings_table_value": "Value",
+        "settings_json": "As JSON",
+        "settings_size": "Size and length",
+        "settings_time": "Time to make (all stages)",
         "stage_load": "loading model",
         "stage_text_encode": "encoding prompt",
         "stage_denoise": "denoising",
@@ -166,6 +180,18 @@ STRINGS: dict[str, dict[str, str]] = {
         "status_done": "完成：{count} 个视频，用时 {seconds:.1f} 秒，保存在 {folder}",
         "status_cancelled": "已停止。正在生成的视频没有写入文件。",
         "status_failed": "失败：{error}",
+        "status_waited": "（之前在队列中等待了 {seconds:.1f} 秒）",
+        "status_stopped_kept": "停止时最后一个视频即将完成：已保留（共写入 {count} 个视频），没有开始新的视频。",
+        "duration_info": "按模型的帧率换算成帧数；0 表示使用帧数。",
+        "negative_info": "希望避免的内容。Wan 自带的默认值是中文写的（模型就是这样训练的）；实际使用的文字记录在设置文件中。",
+        "preset_Preview": "预览", "preset_Standard": "标准", "preset_High quality": "高质量",
+        "preset_Quick preview": "快速预览", "preset_Turbo": "极速",
+        "restart_confirm": "现在重启应用吗？排队中的任务会保留；正在运行的任务会从头开始。",
+        "settings_table_setting": "参数",
+        "settings_table_value": "值",
+        "settings_json": "JSON 原文",
+        "settings_size": "尺寸与时长",
+        "settings_time": "生成用时（所有阶段）",
         "stage_load": "加载模型",
         "stage_text_encode": "编码提示词",
         "stage_denoise": "去噪",
@@ -321,8 +347,15 @@ class Translator:
         self._bindings: list[tuple[Any, dict[str, str | tuple[str, dict]]]] = []
 
     def bind(self, component, **attribute_keys: str | tuple[str, dict]):
-        """``label="key"``, or ``value=("key", {"param": ...})`` for a text with fixed parameters."""
+        """``label="key"``, or ``value=("key", {"param": ...})`` for a text with fixed parameters.
+
+        The component starts with the English texts of its keys, so the first English load already shows the
+        full labels (a language switch only runs when the language changes).
+        """
         self._bindings.append((component, attribute_keys))
+        for attribute, key in attribute_keys.items():
+            if hasattr(component, attribute):
+                setattr(component, attribute, t("en", key[0], **key[1]) if isinstance(key, tuple) else t("en", key))
         return component
 
     @property

@@ -3,7 +3,6 @@ from queue to clip. Laid out like the text-to-video tab."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import gradio as gr
@@ -19,7 +18,9 @@ from pipelines.families.spec import I2V_MAX_AREA
 from .i18n import Translator, error_text, request_language, t
 from .i18n import model_note as catalogue_note
 from .identity import cancel_handler, owner_of
-from .job_status import follow_job, job_status
+from .job_status import done_message, follow_job, job_status, page_twin
+from .settings_view import settings_table
+from .t2v_tab import preset_choices
 
 RECENT_CLIPS = 30
 
@@ -109,10 +110,10 @@ def build_i2v_tab(worker, settings, translator: Translator, lang_state: gr.State
             with gr.Row():
                 model = translator.bind(
                     gr.Dropdown([(s.title, s.id) for s in specs], value=default_spec.id, label="Model",
-                                elem_id="i2v-model"), label="model"
+                                elem_id="i2v-model", min_width=300), label="model"
                 )
                 preset = translator.bind(
-                    gr.Dropdown([p.name for p in presets_for(default_spec, demo)], value=start.name, label="Preset",
+                    gr.Dropdown(preset_choices("en", presets_for(default_spec, demo)), value=start.name, label="Preset",
                                 info=t("en", "preset_info"), allow_custom_value=True, elem_id="i2v-preset"),
                     label="preset", info="preset_info",
                 )
@@ -133,6 +134,12 @@ def build_i2v_tab(worker, settings, translator: Translator, lang_state: gr.State
                 label="i2v_prompt", placeholder="i2v_prompt_placeholder",
             )
             with gr.Row():
+                generate = translator.bind(gr.Button("Generate", variant="primary", elem_id="i2v-generate"),
+                                           value="generate")
+                stop = translator.bind(gr.Button("Stop", variant="stop", elem_id="i2v-stop", interactive=False),
+                                       value="stop")
+            status = gr.Markdown("", elem_id="i2v-status")  # progress, the result, or what is wrong, by Generate
+            with gr.Row():
                 resolution = translator.bind(
                     gr.Radio(all_resolutions, value=start.resolution, label="Resolution",
                              info=t("en", "i2v_resolution_info"), elem_id="i2v-resolution"),
@@ -152,7 +159,8 @@ def build_i2v_tab(worker, settings, translator: Translator, lang_state: gr.State
                     gr.Number(value=start.frames, precision=0, label="Number of frames", info=t("en", "i2v_frames_info")),
                     label="frames", info="i2v_frames_info",
                 )
-                duration = translator.bind(gr.Number(value=0, label="Duration", minimum=0), label="duration")
+                duration = translator.bind(gr.Number(value=0, label="Duration", minimum=0, elem_id="i2v-duration"),
+                                           label="duration", info="duration_info")
             start_note, _ = size_note("en", None, default_spec.id, start.resolution, "image", "crop", start.frames,
                                       default_spec.fps, demo)
             note = gr.Markdown(start_note, elem_id="i2v-size")
@@ -177,7 +185,7 @@ def build_i2v_tab(worker, settings, translator: Translator, lang_state: gr.State
             with translator.bind(gr.Accordion("Advanced settings", open=False), label="advanced"):
                 negative = translator.bind(
                     gr.Textbox(value=default_negative_prompt(default_spec), label="Negative prompt", lines=2),
-                    label="negative_prompt",
+                    label="negative_prompt", info="negative_info",
                 )
                 with gr.Row():
                     steps = translator.bind(gr.Slider(1, 100, value=start.steps, step=1, label="Steps"), label="steps")
@@ -197,20 +205,17 @@ def build_i2v_tab(worker, settings, translator: Translator, lang_state: gr.State
                               elem_id="i2v-step-cache"),
                     label="step_cache", info="step_cache_info",
                 )
-            with gr.Row():
-                generate = translator.bind(gr.Button("Generate", variant="primary", elem_id="i2v-generate"),
-                                           value="generate")
-                stop = translator.bind(gr.Button("Stop", variant="stop", elem_id="i2v-stop"), value="stop")
         with gr.Column(scale=4):
-            status = gr.Markdown("", elem_id="i2v-status")
-            preview = translator.bind(gr.Image(label="Preview", type="numpy", height=140, interactive=False),
-                                      label="preview")
+            # the API still returns a preview; the page shows the running job's in the live panel only
+            preview = gr.Image(label="Preview", type="numpy", interactive=False, visible=False)
             video = translator.bind(gr.Video(label="Clip", interactive=False, elem_id="i2v-video", autoplay=True,
                                              loop=True), label="video")
             used_seed = translator.bind(gr.Textbox(label="Seed used", interactive=False), label="used_seed")
             files = translator.bind(gr.File(label="Files", file_count="multiple", interactive=False), label="files")
             with translator.bind(gr.Accordion("Settings", open=False), label="job_settings"):
-                recorded = gr.Code(language="json", interactive=False, max_lines=24, show_label=False)
+                table = gr.Markdown(elem_id="i2v-settings")
+                with translator.bind(gr.Accordion("As JSON", open=False), label="settings_json"):
+                    recorded = gr.Code(language="json", interactive=False, max_lines=24, show_label=False)
     job_id = gr.State("")
     private = dict(api_visibility="private", show_progress="hidden")
 
@@ -218,12 +223,12 @@ def build_i2v_tab(worker, settings, translator: Translator, lang_state: gr.State
 
     defaults = {default_negative_prompt(s) for s in specs} | {""}
 
-    def on_model(model_id: str, current_negative: str):
+    def on_model(model_id: str, current_negative: str, lang: str):
         spec = get_spec(model_id)
         values = preset_for(spec, spec.default_preset, demo)
         can_end = bool(spec.extra.get("last_frame"))
         return (
-            gr.update(choices=[p.name for p in presets_for(spec, demo)], value=values.name),
+            gr.update(choices=preset_choices(lang, presets_for(spec, demo)), value=values.name),
             values.resolution, values.frames, values.steps, values.guidance,
             gr.update(value=values.shift, interactive=uses_flow_shift(spec)),
             spec.fps,
@@ -236,7 +241,7 @@ def build_i2v_tab(worker, settings, translator: Translator, lang_state: gr.State
         values = preset_for(get_spec(model_id), preset_name, demo)
         return values.resolution, values.frames, values.steps, values.guidance, values.shift
 
-    model.input(on_model, [model, negative],
+    model.input(on_model, [model, negative, lang_state],
                 [preset, resolution, frames, steps, guidance, shift, fps, negative, last_group, last_image], **private)
     preset.input(on_preset, [model, preset], [resolution, frames, steps, guidance, shift], **private)
 
@@ -313,23 +318,22 @@ def build_i2v_tab(worker, settings, translator: Translator, lang_state: gr.State
         outputs = [c["video"] for c in result["clips"]] + [c["sidecar"] for c in result["clips"]] + [result["input"]]
         last = result["clips"][-1]
         sidecar = Path(last["sidecar"]).read_text(encoding="utf-8")
-        message = t(lang, "status_done", count=len(result["clips"]), seconds=(job.finished or time.time()) - job.created,
-                    folder=str(Path(last["video"]).parent))
+        message = done_message(lang, job, len(result["clips"]), str(Path(last["video"]).parent))
         if result.get("notes"):
             message += "\n\n" + "\n".join(f"- {n}" for n in result["notes"])
         yield message, "", skip, last["video"], outputs, str(last["seed"]), sidecar
 
-    generated = generate.click(
-        run,
-        [image, last_image, model, preset, prompt, negative, resolution, aspect, fit, frames, duration, steps, guidance,
-         shift, seed, fps, clips, lang_state, step_cache],
-        [status, job_id, preview, video, files, used_seed, recorded],
-        api_name="i2v",
-        concurrency_limit=32,  # handlers only wait on the GPU worker's own queue, which runs one job at a time
-        concurrency_id="i2v-wait",
-        show_progress="minimal",
-    )
+    inputs = [image, last_image, model, preset, prompt, negative, resolution, aspect, fit, frames, duration, steps,
+              guidance, shift, seed, fps, clips, lang_state, step_cache]
+    outputs = [status, job_id, preview, video, files, used_seed, recorded]
+    # The API raises its errors; the page writes them by Generate, and arms Stop only while its job runs.
+    api_trigger = gr.Button(visible=False)
+    api_trigger.click(run, inputs, outputs, api_name="i2v", concurrency_limit=32, concurrency_id="i2v-wait",
+                      show_progress="minimal")  # handlers only wait on the GPU worker's queue (one job at a time)
+    generated = generate.click(page_twin(run, len(outputs)), inputs, [*outputs, stop], api_visibility="private",
+                               concurrency_limit=32, concurrency_id="i2v-wait", show_progress="hidden")
     generated.then(refresh_recent, [recent], [recent], **private)
+    recorded.change(settings_table, [recorded, lang_state], table, **private)
 
     cancel = cancel_handler(worker)
 
@@ -343,7 +347,12 @@ def build_i2v_tab(worker, settings, translator: Translator, lang_state: gr.State
         forms["i2v"] = {"model": model, "preset": preset, "image": image, "prompt": prompt, "negative_prompt": negative,
                         "resolution": resolution, "aspect": aspect, "fit": fit, "frames": frames, "steps": steps,
                         "guidance": guidance, "shift": shift, "seed": seed, "fps": fps}
+    def relabel_presets(model_id, lang):
+        return gr.update(choices=preset_choices(lang, presets_for(get_spec(model_id), demo)))
+
     return [
         (note_for, note_inputs, [note, frame]),
         (relabel_choices, [lang_state, aspect, fit], [aspect, fit]),
+        (relabel_presets, [model, lang_state], [preset]),
+        (settings_table, [recorded, lang_state], [table]),
     ]

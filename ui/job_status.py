@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import time
+
+import gradio as gr
+
 from pipelines.studio.jobs import JobState
 
 from .i18n import t
 
+WAIT_SHOWN_S = 1.0  # a wait in the queue shorter than this is not mentioned
 POLL_SECONDS = 0.5  # how long a tab's handler waits for news from its job before yielding again
 
 
@@ -38,3 +43,35 @@ def follow_job(job, timeout: float = POLL_SECONDS * 4):
         if fresh is not None:
             shown = fresh
         yield fresh
+
+
+def done_message(lang: str, job, count: int, folder: str) -> str:
+    """The line a finished job leaves: its clips, the time it ran (from its start), the wait apart, a Stop kept."""
+    started = job.started or job.created
+    text = t(lang, "status_done", count=count, seconds=(job.finished or time.time()) - started, folder=folder)
+    waited = started - job.created
+    if waited >= WAIT_SHOWN_S:
+        text += " " + t(lang, "status_waited", seconds=waited)
+    if job.cancelled:  # Stop came while the last clip was decoding or being written: that clip was finished
+        text += "\n\n" + t(lang, "status_stopped_kept", count=count)
+    return text
+
+
+def page_twin(run, count: int):
+    """The page's own version of a tab's job generator ``run`` (whose API version raises ``gr.Error``).
+
+    ``run`` yields ``count`` outputs, the first the tab's status line; the twin yields one more, the tab's Stop
+    button, enabled only while the job runs. An error (bad input or a failed job) is written into the status
+    line, next to Generate, in words, instead of a toast that marks every output with an "Error" badge.
+    """
+    def twin(*args, request: gr.Request = None):
+        skip = gr.skip()
+        try:
+            for index, values in enumerate(run(*args, request=request)):
+                yield (*values, gr.update(interactive=True) if index == 0 else skip)
+        except gr.Error as error:
+            yield (f"⚠ {error.message}", *[skip] * (count - 1), gr.update(interactive=False))
+            return
+        yield (*[skip] * count, gr.update(interactive=False))
+
+    return twin

@@ -70,9 +70,10 @@ def build_live_panel(worker, log_buffer, translator: Translator, lang_state: gr.
                     gr.Textbox(label="Log", lines=10, max_lines=10, autoscroll=True, interactive=False, elem_id="cs-log"),
                     label="log",
                 )
-            with gr.Column(scale=1, min_width=200):
-                preview = translator.bind(gr.Image(label="Preview", type="numpy", height=160, interactive=False),
-                                          label="preview")
+            # the page's one preview: shown while a job of this user has a picture (not for speech jobs)
+            with gr.Column(scale=1, min_width=200, visible=False) as preview_column:
+                preview = translator.bind(gr.Image(label="Preview", type="numpy", height=160, interactive=False,
+                                                   elem_id="cs-live-preview"), label="preview")
     seen = gr.State({"log": -1, "preview": None})
     timer = gr.Timer(REFRESH_SECONDS)
 
@@ -85,8 +86,11 @@ def build_live_panel(worker, log_buffer, translator: Translator, lang_state: gr.
             log_update = "\n".join(log_buffer.tail(LOG_LINES))
         picture = current_job.preview if current_job is not None and sees_job(current_job, request) else None
         preview_update, shown = live_preview(picture, state.get("preview"))
+        before = state.get("preview")
+        column = gr.update(visible=shown is not None) if (shown is None) != (before is None) else gr.skip()
         state = {**state, "preview": shown}
-        return status_strip(lang, status), progress_html(lang, status.get("current")), preview_update, log_update, state
+        return (status_strip(lang, status), progress_html(lang, status.get("current")), preview_update, column,
+                log_update, state)
 
-    timer.tick(refresh, [lang_state, seen], [strip, live, preview, log, seen], api_visibility="private",
+    timer.tick(refresh, [lang_state, seen], [strip, live, preview, preview_column, log, seen], api_visibility="private",
                show_progress="hidden", queue=False)

@@ -16,6 +16,13 @@ from pipelines.studio.jobs import RequestError
 from .i18n import Translator, error_text, normalise_language, request_language, t
 from .identity import sees_job
 
+# Restart asks first, in the page's language; yes clicks the hidden button that restarts.
+CONFIRM_RESTART_JS = """
+(lang) => {
+  const ask = %s;
+  if (window.confirm(ask[lang === "zh" ? "zh" : "en"])) { document.querySelector("#cs-restart-go")?.click(); }
+}
+""" % json.dumps({lang: t(lang, "restart_confirm") for lang in ("en", "zh")}, ensure_ascii=False)
 # After Restart: wait for the server to go away and come back, then reload the page.
 RECONNECT_JS = """
 () => {
@@ -73,9 +80,6 @@ def build_system_tab(worker, settings, controller, translator: Translator, lang_
         with gr.Column():
             release = translator.bind(gr.Button("Release VRAM", elem_id="cs-release"), value="release_vram")
             translator.bind(gr.Markdown(t("en", "release_info")), value="release_info")
-        with gr.Column():
-            restart = translator.bind(gr.Button("Restart app", variant="stop", elem_id="cs-restart"), value="restart")
-            translator.bind(gr.Markdown(t("en", "restart_info")), value="restart_info")
     result = gr.Markdown(elem_id="cs-system-result")
     if callable(getattr(worker, "restart_worker", None)):  # --cluster: the Ray cluster's workers
         build_workers_section(worker, translator, lang_state, result)
@@ -88,6 +92,11 @@ def build_system_tab(worker, settings, controller, translator: Translator, lang_
             translator.bind(gr.Markdown(t("en", "benchmark_info")), value="benchmark_info")
     doctor_report = gr.Markdown(elem_id="cs-doctor-report")  # full width: the fixes are sentences
     bench_report = gr.Markdown(last_benchmark(settings), elem_id="cs-benchmark-report")
+    with gr.Row(elem_id="cs-restart-row"):  # apart from Release VRAM, and asks first
+        with gr.Column():
+            restart = translator.bind(gr.Button("Restart app", variant="stop", elem_id="cs-restart"), value="restart")
+            translator.bind(gr.Markdown(t("en", "restart_info")), value="restart_info")
+    restart_go = gr.Button("Restart", elem_id="cs-restart-go", elem_classes=["cs-hidden"])  # the API's, and Confirm's
 
     def describe() -> str:
         status = worker.status()
@@ -165,7 +174,8 @@ def build_system_tab(worker, settings, controller, translator: Translator, lang_
                     concurrency_id="control")
     release.click(on_release, [lang_state], [result, info], api_name="release_vram", concurrency_limit=4,
                   concurrency_id="control")
-    restart.click(on_restart, [lang_state], [result], api_name="restart", js=None, queue=False).then(
+    restart.click(None, [lang_state], None, js=CONFIRM_RESTART_JS)
+    restart_go.click(on_restart, [lang_state], [result], api_name="restart", js=None, queue=False).then(
         None, None, None, js=RECONNECT_JS
     )
     return describe, info

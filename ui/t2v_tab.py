@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import time
+import re
 from pathlib import Path
 
 import gradio as gr
@@ -16,7 +16,8 @@ from pipelines.tasks.t2v import DEFAULT_NEGATIVE_PROMPT, T2VRequest, presets_for
 from .i18n import Translator, error_text, request_language, t
 from .i18n import model_note as catalogue_note
 from .identity import cancel_handler, owner_of
-from .job_status import follow_job, job_status
+from .job_status import done_message, follow_job, job_status, page_twin
+from .settings_view import settings_table
 
 def _preset_values(spec, preset_name: str, demo: bool) -> dict:
     presets = presets_for(spec, demo)
@@ -24,17 +25,31 @@ def _preset_values(spec, preset_name: str, demo: bool) -> dict:
     return dataclasses.asdict(preset)
 
 
-def size_note(lang: str, model_id: str, resolution: str, aspect: str, frames, fps, demo: bool) -> str:
+def preset_choices(lang: str, presets) -> list[tuple[str, str]]:
+    """A preset dropdown's choices: the name in ``lang`` shown, the catalogue's name as the value."""
+    return [(t(lang, f"preset_{p.name}"), p.name) for p in presets]
+
+
+def note_applies(note: str, resolution: str) -> bool:
+    """A "Trained at 480p; 720p works but ..." note only when the chosen resolution is above the trained one."""
+    trained = re.search(r"Trained at (\d+)p", note or "")
+    chosen = re.match(r"(\d+)p", str(resolution or ""))
+    return not (trained and chosen) or int(chosen.group(1)) > int(trained.group(1))
+
+
+def size_note(lang: str, model_id: str, resolution: str, aspect: str, frames, fps, demo: bool, duration=None) -> str:
+    """The clip the settings will make (size, the real frame count after the model's rounding, seconds)."""
     try:
         spec = get_spec(model_id)
         checked = validate_t2v(
-            T2VRequest(prompt="x", model=model_id, resolution=resolution, aspect=aspect, frames=frames, fps=fps), demo=demo
+            T2VRequest(prompt="x", model=model_id, resolution=resolution, aspect=aspect, frames=frames, fps=fps,
+                       duration_s=duration or None), demo=demo
         )
     except (RequestError, ValueError) as error:
         return f"⚠ {error}"
     text = t(lang, "size_note", width=checked.width, height=checked.height, frames=checked.frames,
              seconds=checked.frames / checked.fps, fps=checked.fps)
-    if spec.notes:  # what to know about this model (Turbo: it changes the output)
+    if spec.notes and note_applies(spec.notes, resolution):  # what to know about this model (Turbo: changes the output)
         text += "\n\n" + catalogue_note(lang, spec)
     return text
 
@@ -52,10 +67,11 @@ def build_t2v_tab(worker, settings, translator: Translator, lang_state: gr.State
         with gr.Column(scale=5):
             with gr.Row():
                 model = translator.bind(
-                    gr.Dropdown([(s.title, s.id) for s in specs], value=default_spec.id, label="Model"), label="model"
+                    gr.Dropdown([(s.title, s.id) for s in specs], value=default_spec.id, label="Model", min_width=300,
+                                elem_id="t2v-model"), label="model"
                 )
                 preset = translator.bind(
-                    gr.Dropdown([p.name for p in presets_for(default_spec, demo)], value=start["name"], label="Preset",
+                    gr.Dropdown(preset_choices("en", presets_for(default_spec, demo)), value=start["name"], label="Preset",
                                 info=t("en", "preset_info"), allow_custom_value=True),
                     label="preset", info="preset_info",
                 )
@@ -63,6 +79,10 @@ def build_t2v_tab(worker, settings, translator: Translator, lang_state: gr.State
                 gr.Textbox(label="Prompt", lines=3, placeholder=t("en", "prompt_placeholder"), elem_id="t2v-prompt"),
                 label="prompt", placeholder="prompt_placeholder",
             )
+            with gr.Row():
+                generate = translator.bind(gr.Button("Generate", variant="primary", elem_id="t2v-generate"), value="generate")
+                stop = translator.bind(gr.Button("Stop", variant="stop", elem_id="t2v-stop", interactive=False), value="stop")
+            status = gr.Markdown("", elem_id="t2v-status")  # progress, the result, or what is wrong, by Generate
             with gr.Row():
                 resolution = translator.bind(
                     gr.Radio(all_resolutions, value=start["resolution"], label="Resolution"),
@@ -74,11 +94,12 @@ def build_t2v_tab(worker, settings, translator: Translator, lang_state: gr.State
                     gr.Number(value=start["frames"], precision=0, label="Number of frames", info=t("en", "frames_info")),
                     label="frames", info="frames_info",
                 )
-                duration = translator.bind(gr.Number(value=0, label="Duration", minimum=0), label="duration")
-            note = gr.Markdown(size_note("en", default_spec.id, start["resolution"], "16:9", start["frames"], default_spec.fps, demo))
+                duration = translator.bind(gr.Number(value=0, label="Duration", minimum=0, elem_id="t2v-duration"),
+                                           label="duration", info="duration_info")
+            note = gr.Markdown(elem_id="t2v-size-note", value=size_note("en", default_spec.id, start["resolution"], "16:9", start["frames"], default_spec.fps, demo))
             with translator.bind(gr.Accordion("Advanced settings", open=False), label="advanced"):
                 negative = translator.bind(gr.Textbox(value=DEFAULT_NEGATIVE_PROMPT, label="Negative prompt", lines=2),
-                                           label="negative_prompt")
+                                           label="negative_prompt", info="negative_info")
                 with gr.Row():
                     steps = translator.bind(gr.Slider(1, 100, value=start["steps"], step=1, label="Steps"), label="steps")
                     guidance = translator.bind(gr.Slider(0, 15, value=start["guidance"], step=0.5, label="Guidance"),
@@ -94,18 +115,17 @@ def build_t2v_tab(worker, settings, translator: Translator, lang_state: gr.State
                               elem_id="t2v-step-cache"),
                     label="step_cache", info="step_cache_info",
                 )
-            with gr.Row():
-                generate = translator.bind(gr.Button("Generate", variant="primary", elem_id="t2v-generate"), value="generate")
-                stop = translator.bind(gr.Button("Stop", variant="stop", elem_id="t2v-stop"), value="stop")
         with gr.Column(scale=4):
-            status = gr.Markdown("", elem_id="t2v-status")
-            preview = translator.bind(gr.Image(label="Preview", type="numpy", height=140, interactive=False), label="preview")
+            # the API still returns a preview; the page shows the running job's in the live panel only
+            preview = gr.Image(label="Preview", type="numpy", interactive=False, visible=False)
             video = translator.bind(gr.Video(label="Clip", interactive=False, elem_id="t2v-video", autoplay=True, loop=True),
                                     label="video")
             used_seed = translator.bind(gr.Textbox(label="Seed used", interactive=False), label="used_seed")
             files = translator.bind(gr.File(label="Files", file_count="multiple", interactive=False), label="files")
             with translator.bind(gr.Accordion("Settings", open=False), label="job_settings"):
-                recorded = gr.Code(language="json", interactive=False, max_lines=24, show_label=False)
+                table = gr.Markdown(elem_id="t2v-settings")
+                with translator.bind(gr.Accordion("As JSON", open=False), label="settings_json"):
+                    recorded = gr.Code(language="json", interactive=False, max_lines=24, show_label=False)
     job_id = gr.State("")
 
     # --- presets and size -----------------------------------------------------------------------------
@@ -114,7 +134,7 @@ def build_t2v_tab(worker, settings, translator: Translator, lang_state: gr.State
         spec = get_spec(model_id)
         values = _preset_values(spec, spec.default_preset, demo)
         return (
-            gr.update(choices=[p.name for p in presets_for(spec, demo)], value=values["name"]),
+            gr.update(choices=preset_choices(lang, presets_for(spec, demo)), value=values["name"]),
             values["resolution"],
             values["frames"],
             values["steps"], values["guidance"], values["shift"], spec.fps,
@@ -127,12 +147,25 @@ def build_t2v_tab(worker, settings, translator: Translator, lang_state: gr.State
     model.input(on_model, [model, lang_state], [preset, resolution, frames, steps, guidance, shift, fps],
                 api_visibility="private")
     preset.input(on_preset, [model, preset], [resolution, frames, steps, guidance, shift], api_visibility="private")
-    def note_for(m, r, a, f, s, lang):
-        return size_note(lang, m, r, a, f, s, demo)
+    def note_for(m, r, a, f, s, lang, seconds=None):
+        return size_note(lang, m, r, a, f, s, demo, seconds)
 
-    note_inputs = [model, resolution, aspect, frames, fps, lang_state]
-    for component in (model, resolution, aspect, frames, fps):
+    note_inputs = [model, resolution, aspect, frames, fps, lang_state, duration]
+    for component in (model, resolution, aspect, frames, fps, duration):
         component.change(note_for, note_inputs, note, api_visibility="private", show_progress="hidden")
+
+    def frames_for(model_id, seconds, frame_rate, n_frames):
+        """Duration typed: the frame count it gives under the model's rule (Wan: 4n+1), shown at once."""
+        try:
+            return validate_t2v(T2VRequest(prompt="x", model=model_id, frames=n_frames, fps=frame_rate,
+                                           duration_s=seconds or None), demo=demo).frames
+        except (RequestError, ValueError):
+            return gr.skip()  # the note says what is wrong with the value
+
+    duration.input(frames_for, [model, duration, fps, frames], frames, api_visibility="private", show_progress="hidden")
+    frames.input(lambda: 0, None, duration, api_visibility="private", show_progress="hidden")  # frames typed: they rule
+    fps.input(frames_for, [model, duration, fps, frames], frames, api_visibility="private", show_progress="hidden")
+    recorded.change(settings_table, [recorded, lang_state], table, api_visibility="private", show_progress="hidden")
 
     # --- the job --------------------------------------------------------------------------------------
 
@@ -163,22 +196,20 @@ def build_t2v_tab(worker, settings, translator: Translator, lang_state: gr.State
         outputs = [c["video"] for c in result["clips"]] + [c["sidecar"] for c in result["clips"]]
         last = result["clips"][-1]
         sidecar = Path(last["sidecar"]).read_text(encoding="utf-8")
-        message = t(lang, "status_done", count=len(result["clips"]), seconds=(job.finished or time.time()) - job.created,
-                    folder=str(Path(last["video"]).parent))
+        message = done_message(lang, job, len(result["clips"]), str(Path(last["video"]).parent))
         if result.get("notes"):
             message += "\n\n" + "\n".join(f"- {n}" for n in result["notes"])
         yield message, "", skip, last["video"], outputs, str(last["seed"]), sidecar
 
-    generate.click(
-        run,
-        [model, preset, prompt, negative, resolution, aspect, frames, duration, steps, guidance, shift, seed, fps, clips,
-         lang_state, step_cache],
-        [status, job_id, preview, video, files, used_seed, recorded],
-        api_name="t2v",
-        concurrency_limit=32,  # handlers only wait on the GPU worker's own queue, which runs one job at a time
-        concurrency_id="t2v-wait",
-        show_progress="minimal",
-    )
+    inputs = [model, preset, prompt, negative, resolution, aspect, frames, duration, steps, guidance, shift, seed, fps,
+              clips, lang_state, step_cache]
+    outputs = [status, job_id, preview, video, files, used_seed, recorded]
+    # The API raises its errors; the page writes them by Generate, and arms Stop only while its job runs.
+    api_trigger = gr.Button(visible=False)
+    api_trigger.click(run, inputs, outputs, api_name="t2v", concurrency_limit=32, concurrency_id="t2v-wait",
+                      show_progress="minimal")  # handlers only wait on the GPU worker's queue (one job at a time)
+    generate.click(page_twin(run, len(outputs)), inputs, [*outputs, stop], api_visibility="private",
+                   concurrency_limit=32, concurrency_id="t2v-wait", show_progress="hidden")
 
     cancel = cancel_handler(worker)
 
@@ -187,4 +218,8 @@ def build_t2v_tab(worker, settings, translator: Translator, lang_state: gr.State
         forms["t2v"] = {"model": model, "preset": preset, "prompt": prompt, "negative_prompt": negative,
                         "resolution": resolution, "aspect": aspect, "frames": frames, "steps": steps,
                         "guidance": guidance, "shift": shift, "seed": seed, "fps": fps}
-    return [(note_for, note_inputs, [note])]
+    def relabel_presets(model_id, lang):
+        return gr.update(choices=preset_choices(lang, presets_for(get_spec(model_id), demo)))
+
+    return [(note_for, note_inputs, [note]), (relabel_presets, [model, lang_state], [preset]),
+            (settings_table, [recorded, lang_state], [table])]

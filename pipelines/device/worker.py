@@ -64,7 +64,10 @@ class TaskContext:
 
     def model(self, spec: ModelSpec) -> tuple[LoadedModel, bool]:
         with self.stage("load"):
-            return self.worker.models.get(spec)
+            loaded = self.worker.models.get(spec)
+        if loaded[1]:  # a model came in (and maybe others went): the status strip says so now, not after the job
+            self.worker._refresh_status()
+        return loaded
 
     @contextlib.contextmanager
     def stage(self, name: str):
@@ -90,8 +93,10 @@ class TaskContext:
         self.job.update(**changes)
         self.peak.sample()
 
-    def check_cancel(self) -> None:
-        if self.job.cancelled:
+    def check_cancel(self, clock: StepClock | None = None) -> None:
+        """Leave the job when Stop was pressed; not when ``clock``'s steps all ran (the clip is nearly done:
+        decoding and writing it keep what Stop would throw away)."""
+        if self.job.cancelled and not (clock is not None and clock.done >= clock.total):
             raise JobCancelled()
 
     def note(self, text: str) -> None:

@@ -194,12 +194,16 @@ def aspect_value(aspect: str, width: int, height: int) -> float:
     return min(max(ratio, 1 / MAX_ASPECT), MAX_ASPECT)
 
 
+ASPECT_TOLERANCE = 0.05  # log of the ratio of ratios: about 5%
+
+
 def output_size(ratio: float, max_area: int, multiple: int) -> tuple[int, int]:
     """(width, height): multiples of ``multiple``, at most ``max_area`` pixels, shaped like ``ratio`` (h/w).
 
     Among the sizes near the ideal one, the best has the smallest sum of aspect error (log of the ratio
     of ratios) and unused area (fraction of ``max_area``): a 1% crop weighs as much as 1% fewer pixels.
-    For 16:9 images this lands on the models' native sizes (832 x 480, 1280 x 704, 896 x 512).
+    For 16:9 images this lands on the models' native sizes (832 x 480, 1280 x 704, 896 x 512). When no size
+    is within ``ASPECT_TOLERANCE`` of the shape (tiny areas, large multiples), the closest shape wins.
     """
     ideal_height = math.sqrt(max_area * ratio)
     base = int(ideal_height // multiple)
@@ -214,7 +218,10 @@ def output_size(ratio: float, max_area: int, multiple: int) -> tuple[int, int]:
             width = cols * multiple
             if width < multiple or width * height > max_area:
                 continue
-            score = abs(math.log((height / width) / ratio)) + (1 - width * height / max_area)
+            error = abs(math.log((height / width) / ratio))
+            # within ASPECT_TOLERANCE: aspect error plus unused area; beyond it only the aspect counts, so a small
+            # area never turns a 4:3 photo into 3:2 (a size that keeps the shape closest, even if smaller)
+            score = (0, error + 1 - width * height / max_area) if error <= ASPECT_TOLERANCE else (1, error)
             if best is None or score < best[0]:
                 best = (score, (width, height))
     return best[1] if best else (multiple, multiple)
