@@ -40,7 +40,7 @@ def test_drop_a_photo_generate_and_continue(page, served_app, tmp_path):
     expect(note).to_contain_text("from the 400 × 300 image", timeout=20_000)
     expect(page.locator("#i2v-frame img")).to_be_visible(timeout=10_000)
     page.locator("#i2v-resolution label", has_text="128p").click()
-    expect(note).to_contain_text("192 × 128", timeout=10_000)  # 4:3 at 128p in multiples of 32
+    expect(note).to_contain_text("128 × 96", timeout=10_000)  # 4:3 kept at 128p in multiples of 32
 
     page.locator("#i2v-prompt textarea").fill("the waves roll in")
     page.locator("#i2v-generate").click()
@@ -67,7 +67,7 @@ def test_drop_a_photo_generate_and_continue(page, served_app, tmp_path):
     page.locator("#i2v-recent input").click()
     page.get_by_role("option", name=f"{clips[-1].parent.name} / {clips[-1].name}").click()
     page.locator("#i2v-use-last").click()
-    expect(note).to_contain_text("from the 192 × 128 image", timeout=20_000)
+    expect(note).to_contain_text("from the 128 × 96 image", timeout=20_000)
     assert clips[-1].with_name(f"{clips[-1].stem}_lastframe.png").is_file()
 
 

@@ -23,7 +23,8 @@ CSS = """
 .cs-hidden {display: none !important;}
 @media (max-width: 640px) {  /* a phone: the header in one line, the log short, Generate within the first screen */
   #cs-header h2 {margin: 0;}
-  #cs-demo-banner, .cs-strip {font-size: 0.8em;}
+  #cs-tagline {display: none;}
+  #cs-demo-banner p, .cs-strip {font-size: 12px; line-height: 1.35;}
   #cs-log textarea {max-height: 8em;}
 }
 """
@@ -102,7 +103,7 @@ def build_demo(worker, settings, controller, log_buffer=None) -> gr.Blocks:
         with gr.Row(elem_id="cs-header"):
             with gr.Column(scale=4):
                 gr.Markdown("## Cinescribe")
-                translator.bind(gr.Markdown(t("en", "tagline")), value="tagline")
+                translator.bind(gr.Markdown(t("en", "tagline"), elem_id="cs-tagline"), value="tagline")
             with gr.Column(scale=1, min_width=180):
                 language = gr.Radio([(name, code) for code, name in LANGUAGES.items()], value="en", show_label=False,
                                     elem_id="cs-language", container=False)
