@@ -38,6 +38,8 @@ def test_history_lists_plays_and_reuses_a_job(tmp_path, data_dir):
             table.locator("span").get_by_text(prompt).click()
             expect(page.locator("#history-video video")).to_be_visible(timeout=30_000)
             expect(page.locator("#history-settings")).to_contain_text("4242")
+            cell = table.locator(".body-cell.cell-selected").first  # picked as a row: no edit ring on the cell
+            assert cell.evaluate("e => getComputedStyle(e).boxShadow") in ("none", ""), "an edit box on the cell"
             page.locator("#history-reuse").click()
             expect(page.get_by_role("tab", name="Text to video")).to_have_attribute("aria-selected", "true",
                                                                                   timeout=15_000)

@@ -21,6 +21,10 @@ CSS = """
 .cs-bar > div {height: 100%; background: var(--color-accent); transition: width 0.4s;}
 #cs-header {align-items: center;}
 .cs-hidden {display: none !important;}
+/* History: a clicked row is picked as a whole, not a cell opened for editing */
+#history-table .body-cell.cell-selected {box-shadow: none !important; animation: none !important;}
+#history-table .cell-menu-button {display: none !important;}
+#history-table tr:has(.cell-selected) td {background: var(--color-accent-soft);}
 @media (max-width: 640px) {  /* a phone: the header in one line, the log short, Generate within the first screen */
   #cs-header h2 {margin: 0;}
   #cs-tagline {display: none;}
