@@ -37,16 +37,16 @@ def run_one_gpu(spec, settings, device, dtype, clip, args) -> dict:
 
     from pipelines.device.loading import load_video_pipeline
     from pipelines.device.memory import free_memory
-    from pipelines.tasks.video import WAN_TEXT_TOKENS, decode_wan_latents, set_flow_shift
+    from pipelines.families import wan
 
     started = time.perf_counter()
-    model = load_video_pipeline(spec, settings, device, dtype)
+    model = load_video_pipeline(spec, settings, device, dtype, wan)
     load = time.perf_counter() - started
     pipe = model.pipe
-    set_flow_shift(pipe, args.shift)
+    wan.set_flow_shift(pipe, args.shift)
     with torch.no_grad():
         positive, negative = pipe.encode_prompt(prompt=args.prompt, negative_prompt="", do_classifier_free_guidance=True,
-                                                num_videos_per_prompt=1, max_sequence_length=WAN_TEXT_TOKENS)
+                                                num_videos_per_prompt=1, max_sequence_length=wan.TEXT_TOKENS)
     denoise, decode = [], []
     for run in range(args.repeat + 1):
         _sync(device)
@@ -55,7 +55,7 @@ def run_one_gpu(spec, settings, device, dtype, clip, args) -> dict:
                        generator=torch.Generator("cpu").manual_seed(args.seed), output_type="latent").frames
         _sync(device)
         middle = time.perf_counter()
-        decode_wan_latents(pipe, latents)
+        wan.decode_latents(pipe, latents)
         _sync(device)
         if run:  # the first run warms up
             denoise.append(middle - started)
@@ -66,8 +66,8 @@ def run_one_gpu(spec, settings, device, dtype, clip, args) -> dict:
 
 
 def run_ranks(spec, settings, device, dtype, world, clip, args) -> dict:
+    from pipelines.families import wan
     from pipelines.scale.parallel import load_parallel_model
-    from pipelines.tasks.video import WAN_TEXT_TOKENS
 
     started = time.perf_counter()
     model = load_parallel_model(spec, dataclasses.replace(settings, parallel=world), device, dtype)
@@ -76,7 +76,7 @@ def run_ranks(spec, settings, device, dtype, world, clip, args) -> dict:
     try:
         _, uneven = runner.split(clip["num_frames"], clip["height"], clip["width"])
         positive, negative = runner.encode(prompt=args.prompt, negative_prompt="", do_classifier_free_guidance=True,
-                                           num_videos_per_prompt=1, max_sequence_length=WAN_TEXT_TOKENS)
+                                           num_videos_per_prompt=1, max_sequence_length=wan.TEXT_TOKENS)
         denoise, decode = [], []
         for run in range(args.repeat + 1):
             started = time.perf_counter()

@@ -29,7 +29,7 @@ from pipelines.scale.parallel import (
     ring_available,
     sequence_tokens,
 )
-from pipelines.families.catalogue import get_spec
+from pipelines.families.catalogue import family_of, get_spec
 from pipelines.studio.settings import Settings
 from tests.conftest import ROOT, free_port, wait_finished
 
@@ -180,14 +180,16 @@ def ranks(tmp_path_factory, data_dir):
 def _local_pipe(data_dir):
     from pipelines.device.loading import load_video_pipeline
 
-    return load_video_pipeline(get_spec(WAN), Settings(data_dir=data_dir, demo=True, device="cpu"), "cpu", "fp32").pipe
+    spec = get_spec(WAN)
+    return load_video_pipeline(spec, Settings(data_dir=data_dir, demo=True, device="cpu"), "cpu", "fp32",
+                               family_of(spec)).pipe
 
 
 @pytest.mark.timeout(300)
 def test_ranks_denoise_like_one_process_and_report_every_step(ranks, data_dir):
     import torch
 
-    from pipelines.tasks.video import set_flow_shift
+    from pipelines.families.wan import set_flow_shift
 
     runner: ParallelPipeline = ranks.pipe
     assert runner.world == 2 and runner.mode == CPMode("ulysses", 2) and runner.backend == "gloo"

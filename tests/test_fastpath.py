@@ -24,7 +24,7 @@ from pipelines.studio.jobs import JobState, RequestError
 from pipelines.device.loading import LoadedModel
 from pipelines.families.catalogue import get_spec
 from pipelines.tasks.t2v import T2VRequest, validate_t2v
-from pipelines.tasks.video import decode_wan_latents
+from pipelines.families.wan import decode_latents as decode_wan_latents
 from tests.conftest import wait_finished
 
 LATENT_TOLERANCE = 1e-4

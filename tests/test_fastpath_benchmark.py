@@ -10,6 +10,8 @@ import torch
 from pipelines.bench import benchmark
 
 from pipelines.bench import flops
+from pipelines.families import wan
+from pipelines.families.base import meta_component
 from pipelines.families.demo import build_wan_t2v
 
 
@@ -18,9 +20,9 @@ def test_flop_counter_and_closed_form_agree_on_the_tiny_wan():
     transformer = build_wan_t2v().transformer
     with torch.device("meta"):
         meta = type(transformer).from_config(transformer.config)
-    counted = flops.wan_forward_flops(meta, frames=81, height=256, width=256, text_tokens=32)
+    counted = wan.forward_flops(meta, frames=81, height=256, width=256, text_tokens=32)
     tokens = 21 * (256 // 16) * (256 // 16)
-    closed = flops.wan_forward_flops_closed_form(transformer.config, tokens, text_tokens=32)
+    closed = wan.forward_flops_closed_form(transformer.config, tokens, text_tokens=32)
     assert counted == pytest.approx(closed, rel=0.02)  # the closed form leaves out embeddings and the head
 
 
@@ -28,8 +30,8 @@ def test_wan_1_3b_at_480p_is_the_published_size_of_work():
     """2.8e14 FLOPs per forward at 480p / 81 frames (32,760 tokens), as docs/benchmarks.md and REFERENCE state."""
     counted = flops.denoise_flops("wan2.1-t2v-1.3b", 81, 480, 832, steps=50, guidance=True)
     assert counted["per_forward"] == pytest.approx(2.83e14, rel=0.01)
-    transformer, _ = flops._meta_denoiser("wan2.1-t2v-1.3b")
-    closed = flops.wan_forward_flops_closed_form(transformer.config, 32760, text_tokens=512)
+    transformer = meta_component("wan2.1-t2v-1.3b", "transformer")
+    closed = wan.forward_flops_closed_form(transformer.config, 32760, text_tokens=512)
     assert counted["per_forward"] == pytest.approx(closed, rel=0.01)
     assert counted["forwards_per_step"] == 2 and counted["total"] == pytest.approx(2.83e16, rel=0.01)
     turbo = flops.denoise_flops("wan2.1-t2v-1.3b", 81, 480, 832, steps=4, guidance=False)

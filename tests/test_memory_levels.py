@@ -17,6 +17,7 @@ from pipelines.device import memory_levels
 from pipelines.studio.jobs import JobState
 from pipelines.device.memory import free_memory
 from pipelines.device.memory_levels import INJECT_ENV, JobShape
+from pipelines.families import wan
 from pipelines.studio.settings import MEMORY_LEVELS, Settings
 from pipelines.tasks.t2v import T2VRequest
 from tests.conftest import start_app, stop_app, wait_finished
@@ -72,8 +73,8 @@ def test_estimates_for_wan_1_3b_at_real_size_shrink_down_the_ladder():
     sizes = memory_levels.component_bytes(pipe)
     assert 10 * GIB < sizes["text_encoder"] < 12 * GIB and 2 * GIB < sizes["transformer"] < 3.5 * GIB
     shape = JobShape(81, 480, 832)
-    assert memory_levels.wan_tokens(pipe.transformer.config, shape) == 32760  # 21 x 30 x 52
-    needs = memory_levels.needs_by_level(sizes, pipe, shape, batched_guidance=True)
+    assert wan.tokens(pipe.transformer.config, shape) == 32760  # 21 x 30 x 52
+    needs = memory_levels.needs_by_level(sizes, pipe, shape, batched_guidance=True, family=wan)
     order = ["resident", "text_offload", "vae_tiling", "model_offload", "sequential_offload"]
     assert all(needs[a] >= needs[b] for a, b in zip(order, order[1:])), needs
     assert needs["resident"] < 24 * GIB  # the catalogue says ~17 GB resident; activations and decode on top
@@ -189,11 +190,11 @@ def test_oom_while_loading_loads_again_lower(worker, monkeypatch):
     real = loading.load_video_pipeline
     calls = []
 
-    def load_once_too_big(spec, settings, device, dtype):
+    def load_once_too_big(spec, settings, device, dtype, family):
         calls.append(memory_levels.loading_floor())
         if len(calls) == 1:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 11.00 GiB")
-        return real(spec, settings, device, dtype)
+        return real(spec, settings, device, dtype, family)
 
     monkeypatch.setattr(loading, "load_video_pipeline", load_once_too_big)
     job = wait_finished(worker.submit("t2v", T2VRequest(prompt="a fish", **SMALL)))

@@ -26,7 +26,7 @@ def test_shipped_configs_have_the_real_parameter_counts():
 
 
 def test_whisper_tokenizer_has_the_real_id_layout():
-    from pipelines.bench.random_weights import build_whisper_tokenizer
+    from pipelines.bench.random_whisper import build_whisper_tokenizer
 
     tokenizer = build_whisper_tokenizer(50257)
     ids = tokenizer.convert_tokens_to_ids

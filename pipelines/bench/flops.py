@@ -1,17 +1,12 @@
 """FLOPs of the denoising steps, counted from the model's shapes, and the GPUs' peak throughput.
 
-``denoise_flops`` builds the denoiser of a catalogue model from its shipped architecture config
-(``assets/model_configs``) on PyTorch's ``meta`` device (no memory, no compute) and runs one forward pass
-at the job's shapes under ``torch.utils.flop_counter.FlopCounterMode``, which adds up the matmuls,
-convolutions and attention of every operator from their shapes (2 FLOPs per multiply-add). One step is
-one forward per guidance pass. For Wan the closed form below gives the same number, and the tests check
-that it does:
-
-    per block: 8·N·d² (q, k, v, out) + 4·N²·d (self-attention) + 4·N·d² + 4·L·d² + 4·N·L·d (cross-attention
-    to L text tokens) + 4·N·d·f (FFN), with N tokens, width d and FFN width f.
-
-Wan 2.1 1.3B at 480p and 81 frames: N = 32,760, d = 1,536, f = 8,960, 30 blocks: 2.83e14 per forward, so
-50 steps with guidance are 2.83e16 FLOPs.
+``denoise_flops`` asks the model's family (``denoise_flops``, ``families/base.py``): it builds the denoiser
+from its shipped architecture config (``assets/model_configs``) on PyTorch's ``meta`` device (no memory,
+no compute) and runs one forward pass at the job's shapes under ``torch.utils.flop_counter.FlopCounterMode``
+(``families.base.count_forward_flops``), which adds up the matmuls, convolutions and attention of every
+operator from their shapes (2 FLOPs per multiply-add). One step is one forward per guidance pass (or one
+batched forward). A family may also give a closed form the tests check the count against (Wan 2.1 1.3B
+at 480p and 81 frames: 2.83e14 per forward, so 50 steps with guidance are 2.83e16 FLOPs).
 
 ``GPU_BF16_PEAK_TFLOPS`` holds dense bf16 tensor-core peaks from the vendors' published specifications; the
 fraction of peak reached in the denoising steps ("MFU") divides the counted FLOPs by the measured denoise
@@ -60,77 +55,11 @@ def gpu_peak_tflops(device_name: str | None) -> tuple[float | None, str | None]:
     return None, None
 
 
-def wan_forward_flops_closed_form(config, tokens: int, text_tokens: int = 512, image_tokens: int = 0) -> float:
-    """One Wan transformer forward, from the closed form in the module docstring (blocks only)."""
-    d = config.num_attention_heads * config.attention_head_dim
-    f = config.ffn_dim
-    n, context = tokens, text_tokens + image_tokens
-    per_block = 8 * n * d * d + 4 * n * n * d + 4 * n * d * d + 4 * context * d * d + 4 * n * context * d + 4 * n * d * f
-    return float(per_block * config.num_layers)
-
-
-def count_forward_flops(model, *args, **kwargs) -> float:
-    """FLOPs of ``model(*args, **kwargs)`` counted by ``FlopCounterMode`` (use meta tensors: nothing is computed)."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(*args, **kwargs)
-    return float(counter.get_total_flops())
-
-
-def _meta_denoiser(model_id: str):
-    import torch
-
-    from .random_weights import build_component, config_for
-
-    config = config_for(model_id)
-    name = "transformer" if "transformer" in config else "unet"
-    return build_component(config[name], "meta", torch.bfloat16), name
-
-
-def wan_forward_flops(transformer, frames: int, height: int, width: int, text_tokens: int = 512,
-                      spatial: int = 8, temporal: int = 4) -> float:
-    import torch
-
-    config = transformer.config
-    latent = (1, config.in_channels, (frames - 1) // temporal + 1, height // spatial, width // spatial)
-    dtype = transformer.dtype
-    kwargs = {}
-    if getattr(config, "image_dim", None):
-        kwargs["encoder_hidden_states_image"] = torch.empty(1, 257, config.image_dim, device="meta", dtype=dtype)
-    return count_forward_flops(transformer, torch.empty(latent, device="meta", dtype=dtype),
-                               torch.empty(1, device="meta"),
-                               torch.empty(1, text_tokens, config.text_dim, device="meta", dtype=dtype),
-                               return_dict=False, **kwargs)
-
-
-def i2vgen_forward_flops(unet, frames: int, height: int, width: int, batch: int = 2) -> float:
-    """One I2VGen-XL UNet forward; ``batch`` 2 with guidance (its pipeline batches both passes)."""
-    import torch
-
-    dtype = unet.dtype
-    latent = (batch, unet.config.in_channels, frames, height // 8, width // 8)
-    cross = unet.config.cross_attention_dim
-    return count_forward_flops(
-        unet, torch.empty(latent, device="meta", dtype=dtype), torch.tensor(500, device="meta"),
-        fps=torch.empty(batch, device="meta"), image_latents=torch.empty(latent, device="meta", dtype=dtype),
-        image_embeddings=torch.empty(batch, 1, cross, device="meta", dtype=dtype),
-        encoder_hidden_states=torch.empty(batch, 77, cross, device="meta", dtype=dtype), return_dict=False,
-    )
-
-
 def denoise_flops(model_id: str, frames: int, height: int, width: int, steps: int, guidance: bool) -> dict:
     """FLOPs of a job's denoising steps for a catalogue model at its real size: per forward and in total."""
-    model, kind = _meta_denoiser(model_id)
-    if kind == "transformer":
-        per_forward = wan_forward_flops(model, frames, height, width)
-        passes = 2 if guidance else 1
-    else:
-        per_forward = i2vgen_forward_flops(model, frames, height, width, batch=2 if guidance else 1)
-        passes = 1  # one batched forward per step
-    return {"per_forward": per_forward, "forwards_per_step": passes, "steps": steps,
-            "total": per_forward * passes * steps}
+    from ..families.catalogue import family_of
+
+    return family_of(model_id).denoise_flops(model_id, frames, height, width, steps, guidance)
 
 
 def mfu(flops: float | None, seconds: float | None, peak_tflops: float | None) -> float | None:

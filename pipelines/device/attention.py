@@ -1,8 +1,8 @@
 """Choosing the attention kernel: the fastest one that works on this machine, else PyTorch SDPA, never a crash.
 
-Transformer models (Wan) go through diffusers' attention dispatcher (``set_attention_backend``); the
-UNet of I2VGen-XL uses the older attention processors, where xformers is the one alternative to SDPA
-(``enable_xformers_memory_efficient_attention``).
+Transformer models go through diffusers' attention dispatcher (``set_attention_backend``); UNets with the
+older attention processors (a family whose ``ATTENTION`` is ``"processors"``) have xformers as the one
+alternative to SDPA (``enable_xformers_memory_efficient_attention``).
 
 ``--attention auto`` takes, on a CUDA GPU, the first of these that is installed *and* passes a probe (one
 small attention call on the device, in the model's dtype, compared with SDPA):
@@ -111,11 +111,12 @@ def _denoisers(pipe) -> list:
     return [model for model in models if model is not None]
 
 
-def apply_backend(pipe, requested: str, device: str) -> str:
-    """Set the attention backend on the pipeline's transformers / UNet; returns the one in use."""
+def apply_backend(pipe, requested: str, device: str, kind: str = "dispatcher") -> str:
+    """Set the attention backend on the pipeline's transformers / UNet; returns the one in use. ``kind`` is
+    the family's ``ATTENTION``: ``"dispatcher"`` or ``"processors"``."""
     models = _denoisers(pipe)
-    if any(getattr(pipe, "unet", None) is model for model in models):
-        return _apply_unet_backend(pipe, requested, device)
+    if kind == "processors":
+        return _apply_processors_backend(pipe, requested, device)
     backend = choose_backend(requested, device)
     if backend == "xformers" and requested == "auto":
         backend = "sdpa"
@@ -148,8 +149,8 @@ def reset_backend(pipe) -> None:
                 pass
 
 
-def _apply_unet_backend(pipe, requested: str, device: str) -> str:
-    """I2VGen-XL's UNet: xformers when asked for (or ``auto`` and installed), else SDPA."""
+def _apply_processors_backend(pipe, requested: str, device: str) -> str:
+    """The older attention processors (a UNet's): xformers when asked for (or ``auto`` and installed), else SDPA."""
     if requested not in ("auto", "xformers", "sdpa"):
         logger.info("Attention: %s is not available for a UNet's attention processors; using PyTorch SDPA.", requested)
         return "sdpa"

@@ -306,10 +306,6 @@ def _output(sample, return_dict: bool):
     return Transformer2DModelOutput(sample=sample)
 
 
-def step_cache_supported(pipe) -> bool:
-    return all(hasattr(model, "enable_cache") for model in denoisers(pipe)) and getattr(pipe, "unet", None) is None
-
-
 @contextlib.contextmanager
 def step_cache(pipe, threshold: float):
     """First-block cache on the Wan transformer(s) for the duration of one denoising run; yields counters
@@ -371,30 +367,16 @@ class StepTimer:
         return max(0.0, self.steps[0] - statistics.median(self.steps[1:]))
 
 
-@contextlib.contextmanager
-def vae_tiles(pipe, tiled: bool):
-    """Wan's VAE decodes in tiles while inside when ``tiled`` (and it can); back as it was afterwards."""
-    vae = pipe.vae
-    before = bool(getattr(vae, "use_tiling", False))
-    if tiled and not before and hasattr(vae, "enable_tiling"):
-        vae.enable_tiling()
-    try:
-        yield tiled or before
-    finally:
-        if tiled and not before and hasattr(vae, "disable_tiling"):
-            vae.disable_tiling()
-
-
-def decode_should_tile(pipe, level: str, shape, settings, device: str) -> tuple[bool, str]:
+def decode_should_tile(pipe, level: str, shape, settings, device: str, family) -> tuple[bool, str]:
     """Tile the VAE decode when the level says so, ``--vae-tiling`` asks, or the whole decode would not fit
-    in the free VRAM measured now."""
+    in the free VRAM measured now (the family's ``decode_bytes``)."""
     if settings.vae_tiling:
         return True, "--vae-tiling"
     if memory_levels.tiles_vae(level):
         return True, f"memory level {level}"
     if not device.startswith("cuda"):
         return False, ""
-    need = memory_levels.decode_bytes(pipe, shape, tiled=False)
+    need = family.decode_bytes(pipe, shape, False)
     free = memory_levels.available_bytes(device, None)
     if need + memory_levels.RESERVE_BYTES > free:
         return True, f"a whole decode needs about {need / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free"
@@ -418,21 +400,21 @@ def changes_output(request_step_cache: float, preset_changes: bool, attention: s
 
 
 @contextlib.contextmanager
-def denoise_context(model, settings, guidance: bool, negative, step_cache_threshold: float):
-    """Everything the fast path wraps around one denoising run of a Wan pipeline: batched guidance (when
-    enabled at this level), the step cache (when the request asks), the step timer. Yields a dict that is
-    filled with what happened (for the sidecar) when the block ends; ``info["timer"]`` is ticked by the
-    task's step callback."""
+def denoise_context(model, settings, guidance: bool, negative, step_cache_threshold: float, family=None):
+    """Everything the fast path wraps around one denoising run: batched guidance (when the family has it,
+    ``BATCHED_GUIDANCE``, and it is enabled at this level), the step cache (when the request asks and the
+    family has it, ``STEP_CACHE``), the step timer. Yields a dict that is filled with what happened (for the
+    sidecar) when the block ends; ``info["timer"]`` is ticked by the task's step callback."""
     pipe = model.pipe
-    wan = getattr(pipe, "unet", None) is None
-    batch = wan and batch_guidance_enabled(settings, model.level, guidance) and negative is not None
+    batch = getattr(family, "BATCHED_GUIDANCE", True) and batch_guidance_enabled(settings, model.level, guidance) and negative is not None
     info: dict = {"timer": StepTimer()}
     first_compiled = bool(model.optimisations.get("compile") and model.optimisations.get("compile_first_run_pending"))
     batching = batched_guidance(pipe, negative) if batch else contextlib.nullcontext({"batched": 0, "unbatched": 0})
     # the step cache decides per step, on the host, whether to run the blocks: a graph break that full-graph
     # compiled blocks do not allow, so those blocks run eager for this job
     eager = eager_blocks(pipe) if step_cache_threshold and model.optimisations.get("compile") else contextlib.nullcontext()
-    with eager, step_cache(pipe, step_cache_threshold if wan else 0.0) as cache_stats, batching as batch_stats:
+    cache_threshold = step_cache_threshold if getattr(family, "STEP_CACHE", True) else 0.0
+    with eager, step_cache(pipe, cache_threshold) as cache_stats, batching as batch_stats:
         yield info
     timer = info.pop("timer")
     info["guidance_batched"] = bool(batch and batch_stats["batched"])

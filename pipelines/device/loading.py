@@ -1,4 +1,9 @@
-"""Loading a catalogue model: from the Hugging Face cache, a local folder, or a tiny demo build."""
+"""Loading a video pipeline the way its family describes it: from the Hugging Face cache, a local folder,
+a tiny demo build, or random weights; then its memory level and the fast path.
+
+The family (``families/base.py``) is passed in: this module never imports the catalogue or a family
+(``device.loaders.load_model`` is where a spec meets its family).
+"""
 
 from __future__ import annotations
 
@@ -41,12 +46,14 @@ def fetch_command(spec: ModelSpec) -> str:
     return f"python scripts/download_models.py {spec.id}"
 
 
-def resolve_source(spec: ModelSpec, settings: Settings) -> tuple[Path, str]:
-    """Folder holding the model's files and the revision it is (commit hash, ``local`` or ``demo``)."""
+def resolve_source(spec: ModelSpec, settings: Settings, family=None) -> tuple[Path, str]:
+    """Folder holding the model's files and the revision it is (commit hash, ``local`` or ``demo``); in
+    ``--demo`` mode the family's tiny build (``DEMO_BUILDERS``)."""
     if settings.demo:
         from ..families.demo import ensure_demo_model
 
-        return ensure_demo_model(spec.demo_kind, settings.demo_models_dir), "demo (random weights)"
+        build = getattr(family, "DEMO_BUILDERS", {}).get(spec.demo_kind)
+        return ensure_demo_model(spec.demo_kind, settings.demo_models_dir, build), "demo (random weights)"
     local = Path(spec.repo_id).expanduser()
     if local.is_dir():
         return local, "local"
@@ -84,7 +91,7 @@ def parameter_bytes(pipe) -> int:
     return total
 
 
-def _choose_level(spec: ModelSpec, pipe, settings: Settings, device: str) -> tuple[str, str]:
+def _choose_level(spec: ModelSpec, pipe, settings: Settings, device: str, family) -> tuple[str, str]:
     """The memory level to place ``pipe`` at: the flags' choice, or (``auto``) the fastest whose estimated
     need for the model's default preset fits the free VRAM measured now; never above the floor an
     out-of-memory retry left for this model."""
@@ -109,35 +116,39 @@ def _choose_level(spec: ModelSpec, pipe, settings: Settings, device: str) -> tup
     cap = int(settings.gpu_memory_gb * 2**30) if settings.gpu_memory_gb else None
     available = memory_levels.available_bytes(device, cap, others) + on_device
     preset = next((p for p in spec.presets if p.name == spec.default_preset), spec.presets[0] if spec.presets else None)
-    shape = _preset_shape(spec, preset)
-    needs = memory_levels.needs_by_level(sizes, pipe, shape, settings.batch_guidance != "off")
+    shape = _preset_shape(spec, preset, family)
+    needs = memory_levels.needs_by_level(sizes, pipe, shape, settings.batch_guidance != "off", family)
     level, why = memory_levels.choose_level(needs, available, floor)
     return level, f"auto: {why} (for {shape.frames} frames at {shape.width}x{shape.height})"
 
 
-def _preset_shape(spec: ModelSpec, preset) -> memory_levels.JobShape:
+def _preset_shape(spec: ModelSpec, preset, family) -> memory_levels.JobShape:
+    from ..families.base import size_multiple
     from ..families.spec import I2V_MAX_AREA, frame_size
 
     if preset is None:
         return memory_levels.JobShape(81, 480, 832)
     try:
-        width, height = frame_size(preset.resolution, "16:9", spec.extra.get("size_multiple", 16))
+        width, height = frame_size(preset.resolution, "16:9", size_multiple(family, spec))
     except (ValueError, KeyError):
         area = I2V_MAX_AREA.get(preset.resolution, 832 * 480)
         width = height = int(area ** 0.5)
     return memory_levels.JobShape(preset.frames, height, width, guidance=preset.guidance > 1.0)
 
 
-def load_video_pipeline(spec: ModelSpec, settings: Settings, device: str, dtype: str,
+def load_video_pipeline(spec: ModelSpec, settings: Settings, device: str, dtype: str, family,
                         without: tuple[str, ...] = ()) -> LoadedModel:
-    """Load a diffusers video pipeline the way users expect (``from_pretrained``), then place it at its
-    memory level and apply the fast path (``pipelines.device.fastpath``): attention kernel, fused projections,
-    compilation, fp8 storage when asked. Components named in ``without`` are not loaded (context-parallel
-    ranks other than 0 never encode a prompt: ``pipelines/parallel_rank.py``)."""
+    """Load a diffusers video pipeline of ``family`` the way users expect (``from_pretrained``), then place
+    it at its memory level and apply the fast path (``pipelines.device.fastpath``): attention kernel, fused
+    projections, compilation, fp8 storage when asked. Components named in ``without`` are not loaded
+    (context-parallel ranks other than 0 never encode a prompt: ``pipelines/scale/parallel_rank.py``)."""
     import diffusers
     import torch
 
+    from ..families.base import fp32_components
     from . import fastpath
+
+    fp32 = fp32_components(family, spec)  # the rest in the chosen dtype
 
     started = time.perf_counter()
     memory_levels.apply_memory_cap(settings, device)
@@ -146,15 +157,11 @@ def load_video_pipeline(spec: ModelSpec, settings: Settings, device: str, dtype:
 
         folder, revision = "random weights", "random weights (real architecture)"
         build_on = device if _builds_on_device(spec, settings, device) else "cpu"
-        fp32 = spec.extra.get("fp32_components", ("vae",))  # as from_pretrained below
         pipe = build_random_pipeline(spec.id, build_on, _torch_dtype(dtype), fp32_components=fp32)
     else:
-        folder, revision = resolve_source(spec, settings)
+        folder, revision = resolve_source(spec, settings, family)
         started = time.perf_counter()
         pipeline_class = getattr(diffusers, spec.pipeline_class)
-        # The VAE stays in fp32 as Wan's authors recommend (an entry may name other components, or none);
-        # everything else in the chosen dtype.
-        fp32 = spec.extra.get("fp32_components", ("vae",))
         torch_dtype = {"default": _torch_dtype(dtype), **{name: torch.float32 for name in fp32}}
         pipe = pipeline_class.from_pretrained(folder, dtype=torch_dtype, **{name: None for name in without})
     if spec.lora_repo_id and not (settings.demo or settings.random_weights):
@@ -163,11 +170,11 @@ def load_video_pipeline(spec: ModelSpec, settings: Settings, device: str, dtype:
         pipe.fuse_lora()
         pipe.unload_lora_weights()
     fp8 = bool(getattr(settings, "fp8", False)) and fastpath.enable_fp8(pipe, device)
-    level, why = _choose_level(spec, pipe, settings, device)
+    level, why = _choose_level(spec, pipe, settings, device, family)
     memory_levels.place_at(pipe, level, device)
     if settings.vae_tiling and hasattr(pipe.vae, "enable_tiling"):
         pipe.vae.enable_tiling()
-    attention = apply_backend(pipe, settings.attention, device)
+    attention = apply_backend(pipe, settings.attention, device, family.ATTENTION)
     pipe.set_progress_bar_config(disable=True)
     model = LoadedModel(
         spec=spec,
@@ -202,17 +209,3 @@ def _builds_on_device(spec: ModelSpec, settings: Settings, device: str) -> bool:
         cap = int(settings.gpu_memory_gb * 2**30) if settings.gpu_memory_gb else None
         return spec.vram_gb * 2**30 + memory_levels.RESERVE_BYTES < memory_levels.available_bytes(device, cap)
     return True
-
-
-def load_model(spec: ModelSpec, settings: Settings, device: str, dtype: str) -> LoadedModel:
-    """Load any catalogue model: diffusers video pipelines here, Whisper in ``pipelines.tasks.asr``."""
-    if spec.task == "asr":
-        from ..tasks.asr import load_asr_model
-
-        return load_asr_model(spec, settings, device, dtype)
-    if settings.parallel > 1:  # one Wan clip across N GPUs (pipelines/parallel.py); other models: one GPU
-        from ..scale.parallel import load_parallel_model, plan
-
-        if plan(settings, spec, device)[0] > 1:
-            return load_parallel_model(spec, settings, device, dtype)
-    return load_video_pipeline(spec, settings, device, dtype)

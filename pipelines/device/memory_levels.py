@@ -9,7 +9,7 @@ level                what it does                                               
 ``resident``         every component on the GPU                                   whole, or tiled only when it would not fit
 ``text_offload``     the text encoder waits in CPU memory and comes to the GPU    whole, or tiled when it would not fit
                      only to encode a prompt not in the prompt cache
-``vae_tiling``       as ``text_offload``                                          always tiled (I2VGen-XL: one frame at a time)
+``vae_tiling``       as ``text_offload``                                          always tiled (as the family tiles: ``decode``)
 ``model_offload``    diffusers' ``enable_model_cpu_offload``: one component at    always tiled
                      a time on the GPU
 ``group_offload``    diffusers' group offload (leaf level, CUDA streams): only    always tiled
@@ -64,20 +64,9 @@ RESERVE_BYTES = 1 << 30  # kept free for the CUDA context, cuDNN/cuBLAS workspac
 INJECT_ENV = "CINESCRIBE_TEST_INJECT_OOM"
 INJECT_STAGES = ("text_encode", "denoise", "decode", "any")
 
-# Activation and decode estimates. They only choose a starting level (the out-of-memory ladder catches an
-# estimate that was too low); the GPU run in docs/benchmarks.md is where they get checked.
-# Wan transformer, per token of the sequence, per batch item: the widest live tensors of one block
-# (q, k, v, attention output, the FFN's hidden layer) in the compute dtype.
-WAN_BLOCK_LIVE_WIDTHS = 6  # x hidden size, plus the FFN width
-# Wan VAE decode, whole (it decodes 4 output frames per latent frame, with a causal cache): about this
-# many fp32 feature maps of 96 channels at the output size live at once.
-WAN_VAE_LIVE_MAPS = 10
-WAN_VAE_CHANNELS = 96
-VAE_TILE_PIXELS = 256 * 256  # diffusers' Wan VAE tile (tile_sample_min_height/width = 256)
-# I2VGen-XL: its published peak (13.8 GB at 512p, 16 frames, guidance) minus ~5 GB of fp16 weights,
-# per latent pixel and frame (64 x 64 latents x 16 frames).
-I2VGEN_BYTES_PER_LATENT_PIXEL_FRAME = 140_000
-I2VGEN_DECODE_BYTES_PER_PIXEL_FRAME = 400  # SD VAE decoder, fp16, one frame at a time
+# Activation and decode estimates come from the model's family (``activation_bytes``, ``decode_bytes``:
+# ``families/base.py``). They only choose a starting level (the out-of-memory ladder catches an estimate
+# that was too low); the GPU run in docs/benchmarks.md is where they get checked.
 
 
 def next_level(level: str) -> str | None:
@@ -155,65 +144,27 @@ def component_bytes(pipe) -> dict[str, int]:
     return sizes
 
 
-def _element_size(pipe) -> int:
-    denoiser = _denoiser(pipe)
-    dtype = getattr(denoiser, "dtype", None)
-    return getattr(dtype, "itemsize", 2) if dtype is not None else 2
+def activation_bytes(pipe, shape: JobShape, batched_guidance: bool, family) -> int:
+    """Peak transient memory of one denoising step for ``shape`` (the family's estimate)."""
+    return family.activation_bytes(pipe, shape, batched_guidance)
 
 
-def activation_bytes(pipe, shape: JobShape, batched_guidance: bool) -> int:
-    """Peak transient memory of one denoising step for ``shape`` (estimate)."""
-    if _family(pipe) == "i2vgen":  # its pipeline always runs both guidance passes as one batch
-        per = I2VGEN_BYTES_PER_LATENT_PIXEL_FRAME // (1 if shape.guidance else 2)
-        return per * shape.frames * (shape.height // 8) * (shape.width // 8)
-    batch = 2 if shape.guidance and batched_guidance else 1
-    config = _denoiser(pipe).config
-    hidden = config.num_attention_heads * config.attention_head_dim
-    return batch * wan_tokens(config, shape, *_vae_factors(pipe)) * (WAN_BLOCK_LIVE_WIDTHS * hidden + config.ffn_dim) * _element_size(pipe)
-
-
-def decode_bytes(pipe, shape: JobShape, tiled: bool) -> int:
-    """Peak memory of the VAE decode of one clip, whole or tiled (estimate)."""
-    pixels = shape.height * shape.width
-    if _family(pipe) == "i2vgen":
-        frames_at_once = 1 if tiled else shape.frames
-        return I2VGEN_DECODE_BYTES_PER_PIXEL_FRAME * pixels * frames_at_once
-    if tiled:
-        pixels = min(pixels, VAE_TILE_PIXELS)
-    return 4 * pixels * WAN_VAE_CHANNELS * 4 * WAN_VAE_LIVE_MAPS
-
-
-def wan_tokens(config, shape: JobShape, spatial: int = 8, temporal: int = 4) -> int:
-    """Sequence length of the Wan transformer for a clip: latent frames x latent pixels / patch. ``spatial``
-    and ``temporal`` are the VAE's compression (8 and 4; Wan 2.2 TI2V 5B's VAE: 16 and 4)."""
-    p_t, p_h, p_w = config.patch_size
-    latent_frames = (shape.frames - 1) // temporal + 1
-    return (latent_frames // p_t) * (shape.height // (spatial * p_h)) * (shape.width // (spatial * p_w))
-
-
-def _vae_factors(pipe) -> tuple[int, int]:
-    return int(getattr(pipe, "vae_scale_factor_spatial", 8) or 8), int(getattr(pipe, "vae_scale_factor_temporal", 4) or 4)
-
-
-def _denoiser(pipe):
-    return getattr(pipe, "transformer", None) or getattr(pipe, "transformer_2", None) or getattr(pipe, "unet", None)
-
-
-def _family(pipe) -> str:
-    return "i2vgen" if getattr(pipe, "unet", None) is not None else "wan"
+def decode_bytes(pipe, shape: JobShape, tiled: bool, family) -> int:
+    """Peak memory of the VAE decode of one clip, whole or tiled (the family's estimate)."""
+    return family.decode_bytes(pipe, shape, tiled)
 
 
 def text_encoder_name(pipe) -> str | None:
     return "text_encoder" if getattr(pipe, "text_encoder", None) is not None else None
 
 
-def needs_by_level(sizes: dict[str, int], pipe, shape: JobShape, batched_guidance: bool) -> dict[str, int]:
-    """Peak GPU bytes of one job at each level (estimates, before the reserve)."""
+def needs_by_level(sizes: dict[str, int], pipe, shape: JobShape, batched_guidance: bool, family) -> dict[str, int]:
+    """Peak GPU bytes of one job at each level (estimates of ``family``, before the reserve)."""
     total = sum(sizes.values())
     text = sizes.get(text_encoder_name(pipe) or "", 0)
-    activations = activation_bytes(pipe, shape, batched_guidance)
-    activations_unbatched = activation_bytes(pipe, shape, False)
-    whole, tiled = decode_bytes(pipe, shape, False), decode_bytes(pipe, shape, True)
+    activations = family.activation_bytes(pipe, shape, batched_guidance)
+    activations_unbatched = family.activation_bytes(pipe, shape, False)
+    whole, tiled = family.decode_bytes(pipe, shape, False), family.decode_bytes(pipe, shape, True)
     denoisers = ("transformer", "transformer_2", "unet")
     # model offload: one component at a time, with what it computes on
     one_at_a_time = max((size + (activations_unbatched if name in denoisers else tiled if name == "vae" else 0)

@@ -23,7 +23,8 @@ from typing import Any
 
 from ..studio.jobqueue import JobQueue
 from ..studio.jobs import Job, JobCancelled, JobState, RequestError, StepClock
-from .loading import LoadedModel, load_model
+from .loaders import load_model
+from .loading import LoadedModel
 from .manager import ModelManager
 from .memory import PeakTracker, free_memory, gib, is_out_of_memory, read_memory
 from ..families.catalogue import DEFAULT_MODEL, get_spec

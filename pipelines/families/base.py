@@ -131,3 +131,22 @@ def snap_frames(spec: ModelSpec, wanted: int, temporal: int, who: str) -> tuple[
         frames -= temporal
     note = f"{who} makes {temporal}n+1 frames: {wanted} became {frames}." if frames != wanted else None
     return frames, note
+
+
+def count_forward_flops(model, *args, **kwargs) -> float:
+    """FLOPs of ``model(*args, **kwargs)`` counted by ``FlopCounterMode`` (use meta tensors: nothing is computed)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(*args, **kwargs)
+    return float(counter.get_total_flops())
+
+
+def meta_component(model_id: str, name: str):
+    """Component ``name`` of a catalogue model at its real size, on the ``meta`` device (no memory), in bf16."""
+    import torch
+
+    from ..bench.random_weights import build_component, config_for
+
+    return build_component(config_for(model_id)[name], "meta", torch.bfloat16)

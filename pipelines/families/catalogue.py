@@ -10,23 +10,24 @@ from __future__ import annotations
 import dataclasses
 from types import ModuleType
 
-from . import i2vgen_xl, wan, whisper
+from . import i2vgen_xl, ltx2, wan, whisper
 from .spec import ModelSpec
 
-# In the order the page lists them: I2VGen-XL first (the default image-to-video model), then Wan.
-FAMILIES: tuple[ModuleType, ...] = (wan, i2vgen_xl, whisper)
-_LIST_ORDER = {"t2v": ("wan",), "i2v": ("i2vgen", "wan"), "asr": ("whisper",)}
+# A task's model list starts with its default model's family, then follows this order.
+FAMILIES: tuple[ModuleType, ...] = (wan, i2vgen_xl, ltx2, whisper)
 
 CATALOGUE: dict[str, ModelSpec] = {
     spec.id: dataclasses.replace(spec, family=family.NAME) for family in FAMILIES for spec in family.SPECS
 }
 
-DEFAULT_MODEL = {"t2v": "wan2.1-t2v-1.3b", "i2v": "i2vgen-xl", "asr": "whisper-large-v3"}
+# Each task's default model, as its family declares it (``DEFAULTS``).
+DEFAULT_MODEL: dict[str, str] = {task: model for family in FAMILIES for task, model in getattr(family, "DEFAULTS", {}).items()}
 
 
 def models_for(task: str) -> list[ModelSpec]:
-    """The catalogue's models for one task, in the page's order."""
-    order = _LIST_ORDER.get(task, ())
+    """The catalogue's models for one task, in the page's order: the default model's family first."""
+    default = CATALOGUE[DEFAULT_MODEL[task]].family if task in DEFAULT_MODEL else None
+    order = [default] + [family.NAME for family in FAMILIES if family.NAME != default]
     specs = [spec for spec in CATALOGUE.values() if spec.task == task]
     return sorted(specs, key=lambda spec: order.index(spec.family) if spec.family in order else len(order))
 

@@ -125,13 +125,14 @@ def _builder(kind: str):
     raise ValueError(f"No demo model {kind!r}.")
 
 
-def ensure_demo_model(kind: str, root: Path) -> Path:
-    """Folder holding the saved tiny pipeline ``kind``, built once under ``root`` and reused after.
+def ensure_demo_model(kind: str, root: Path, build=None) -> Path:
+    """Folder holding the saved tiny pipeline ``kind``, built once under ``root`` by ``build()`` (its family's
+    ``DEMO_BUILDERS`` entry; by default looked up in the demo modules here) and reused after.
 
     The folder is written under a temporary name and renamed into place, so a crash never leaves a
     half-saved model that later loads would trip over.
     """
-    build = _builder(kind)
+    build = build or _builder(kind)
     folder = Path(root) / kind
     stamp = folder / "cinescribe_demo.json"
     if stamp.is_file():

@@ -1,18 +1,18 @@
-"""Tiny randomly initialised image-to-video pipelines of the real classes, for ``--demo`` and the tests.
+"""Tiny randomly initialised Wan image-to-video pipelines of the real classes, for ``--demo`` and the tests,
+and the tiny CLIP parts other image-to-video families' demo builds share.
 
-Same idea as ``pipelines/demo_models.py``: real diffusers / transformers components with tiny configs
-(derived from the classes' signatures), tokenizers built from a small vocabulary, no hub access. The
-spatial compression of each VAE matches the real model's (8x for I2VGen-XL and Wan 2.1, 16x for the
-Wan 2.2 TI2V VAE), so the size rules the app applies are the real ones.
+Same idea as ``families/demo.py``: real diffusers / transformers components with tiny configs, tokenizers
+built from a small vocabulary, no hub access. The spatial compression of each VAE matches the real
+model's (8x for Wan 2.1, 16x for the Wan 2.2 TI2V VAE), so the size rules the app applies are the real ones.
 """
 
 from __future__ import annotations
 
 from .demo import build_word_tokenizer, tiny_umt5
 
-# Tiny CLIP sizes: text and image embeddings are both ``_CLIP_DIM`` wide, images are ``_CLIP_IMAGE`` square.
-_CLIP_DIM = 32
-_CLIP_IMAGE = 32
+# Tiny CLIP sizes: text and image embeddings are both ``CLIP_DIM`` wide, images are ``CLIP_IMAGE`` square.
+CLIP_DIM = 32
+CLIP_IMAGE = 32
 
 
 def build_clip_tokenizer(max_length: int = 77):
@@ -27,97 +27,29 @@ def build_clip_tokenizer(max_length: int = 77):
     return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=max_length)
 
 
-def _clip_image_processor():
+def clip_image_processor():
     from transformers import CLIPImageProcessor
 
     return CLIPImageProcessor(
-        crop_size={"height": _CLIP_IMAGE, "width": _CLIP_IMAGE},
-        size={"shortest_edge": _CLIP_IMAGE},
+        crop_size={"height": CLIP_IMAGE, "width": CLIP_IMAGE},
+        size={"shortest_edge": CLIP_IMAGE},
         do_center_crop=True,
         do_resize=True,
         do_normalize=True,
     )
 
 
-def _clip_vision_config():
+def clip_vision_config():
     from transformers import CLIPVisionConfig
 
     return CLIPVisionConfig(
-        hidden_size=_CLIP_DIM,
+        hidden_size=CLIP_DIM,
         intermediate_size=37,
         num_hidden_layers=2,
         num_attention_heads=4,
-        image_size=_CLIP_IMAGE,
+        image_size=CLIP_IMAGE,
         patch_size=8,
-        projection_dim=_CLIP_DIM,
-    )
-
-
-def build_i2vgen_xl():
-    """A tiny ``I2VGenXLPipeline``: CLIP text and image encoders, SD-style VAE (8x), 3D UNet, DDIM."""
-    import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, I2VGenXLPipeline, I2VGenXLUNet
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionModelWithProjection
-
-    torch.manual_seed(0)
-    tokenizer = build_clip_tokenizer()
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=_CLIP_DIM,
-            intermediate_size=37,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=77,
-            projection_dim=_CLIP_DIM,
-            bos_token_id=0,
-            eos_token_id=1,
-            pad_token_id=1,
-            hidden_act="gelu",
-        )
-    ).eval()
-    image_encoder = CLIPVisionModelWithProjection(_clip_vision_config()).eval()
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 8, 8, 8),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=4,
-        sample_size=64,
-        scaling_factor=0.18215,
-    ).eval()
-    unet = I2VGenXLUNet(
-        in_channels=4,
-        out_channels=4,
-        # attention only at the lower level keeps a CPU demo job at a few seconds
-        down_block_types=("DownBlock3D", "CrossAttnDownBlock3D"),
-        up_block_types=("CrossAttnUpBlock3D", "UpBlock3D"),
-        block_out_channels=(16, 32),
-        layers_per_block=1,
-        norm_num_groups=8,
-        cross_attention_dim=_CLIP_DIM,
-        attention_head_dim=4,
-    ).eval()
-    scheduler = DDIMScheduler(
-        beta_schedule="squaredcos_cap_v2",
-        clip_sample=False,
-        set_alpha_to_one=True,
-        steps_offset=1,
-        timestep_spacing="leading",
-        rescale_betas_zero_snr=True,
-        prediction_type="v_prediction",
-    )
-    return I2VGenXLPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        image_encoder=image_encoder,
-        feature_extractor=_clip_image_processor(),
-        unet=unet,
-        scheduler=scheduler,
+        projection_dim=CLIP_DIM,
     )
 
 
@@ -167,7 +99,7 @@ def build_wan_i2v(layout: str = "2.1"):
             num_layers=2,
             cross_attn_norm=True,
             qk_norm="rms_norm_across_heads",
-            image_dim=_CLIP_DIM if with_image_encoder else None,
+            image_dim=CLIP_DIM if with_image_encoder else None,
             added_kv_proj_dim=heads * head_dim if with_image_encoder else None,
             rope_max_seq_len=1024,
         ).eval()
@@ -179,8 +111,8 @@ def build_wan_i2v(layout: str = "2.1"):
         text_encoder=text_encoder,
         vae=vae,
         scheduler=scheduler,
-        image_processor=_clip_image_processor() if with_image_encoder else None,
-        image_encoder=CLIPVisionModel(_clip_vision_config()).eval() if with_image_encoder else None,
+        image_processor=clip_image_processor() if with_image_encoder else None,
+        image_encoder=CLIPVisionModel(clip_vision_config()).eval() if with_image_encoder else None,
         transformer=transformer(),
         transformer_2=transformer() if two_experts else None,
         boundary_ratio=0.9 if two_experts else None,
@@ -189,7 +121,6 @@ def build_wan_i2v(layout: str = "2.1"):
 
 
 BUILDERS = {
-    "i2vgen-xl": build_i2vgen_xl,
     "wan-i2v": lambda: build_wan_i2v("2.1"),
     "wan-i2v-moe": lambda: build_wan_i2v("2.2-moe"),
     "wan-ti2v": lambda: build_wan_i2v("2.2-ti2v"),

@@ -89,7 +89,7 @@ def frame_size(resolution: str, aspect: str, multiple: int = 16) -> tuple[int, i
 
 
 def snap_frames(frames: int, temporal: int = 4) -> int:
-    """Nearest frame count of Wan's ``4n + 1`` form (1, 5, 9, ... 81)."""
+    """Nearest frame count of the ``temporal * n + 1`` form (4: 1, 5, 9, ... 81)."""
     n = max(0, int((frames - 1) / temporal + 0.5))  # halves round up: 3 -> 5
     return n * temporal + 1
 
@@ -105,23 +105,22 @@ I2V_MAX_AREA = {
     "768p": 1344 * 768,
 }
 DEMO_I2V_RESOLUTIONS = ("128p", "256p", "480p")
-# (resolution, frames for Wan, frames for I2VGen-XL, steps) of each preset in --demo mode: seconds on a CPU,
-# like T2V's DEMO_PRESETS.
+# (resolution, frames, steps) of each preset in --demo mode: seconds on a CPU, like T2V's DEMO_PRESETS; the
+# task makes the frame count one the family can make (``fit_frames``: 8 -> 9 for 4n+1).
 _DEMO_I2V_SIZES = {
-    "Preview": ("128p", 9, 8, 4),
-    "Quick preview": ("128p", 9, 8, 4),
-    "Turbo": ("128p", 9, 8, 4),
-    "Standard": ("256p", 17, 16, 8),
-    "High quality": ("256p", 17, 16, 12),
+    "Preview": ("128p", 8, 4),
+    "Quick preview": ("128p", 8, 4),
+    "Turbo": ("128p", 8, 4),
+    "Standard": ("256p", 16, 8),
+    "High quality": ("256p", 16, 12),
 }
 
 
-def demo_i2v_presets(spec: ModelSpec) -> tuple[VideoPreset, ...]:
+def demo_i2v_sizes(spec: ModelSpec) -> tuple[VideoPreset, ...]:
     """The spec's presets made small for --demo: same names, guidance and shift; few pixels, frames and steps."""
     presets = []
     for preset in spec.presets:
-        resolution, wan_frames, other_frames, steps = _DEMO_I2V_SIZES.get(preset.name, ("128p", 9, 8, 4))
-        frames = wan_frames if spec.extra.get("family") == "wan" else other_frames
+        resolution, frames, steps = _DEMO_I2V_SIZES.get(preset.name, ("128p", 8, 4))
         presets.append(VideoPreset(preset.name, resolution, frames, min(steps, preset.steps), preset.guidance,
                                    preset.shift, preset.changes_output))
     return tuple(presets)

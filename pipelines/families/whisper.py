@@ -5,6 +5,7 @@ from __future__ import annotations
 from .spec import ModelSpec
 
 NAME = "whisper"
+DEFAULTS = {"asr": "whisper-large-v3"}
 
 # fp16/bf16 on GPU; the small ones suit CPU-only machines.
 

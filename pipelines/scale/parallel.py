@@ -36,109 +36,14 @@ import dataclasses
 import datetime as dt
 import logging
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from ..studio.jobs import RequestError
 
 logger = logging.getLogger(__name__)
 
-WAN_PIPELINES = ("WanPipeline", "WanImageToVideoPipeline")
-
-
-# --- the choice of split ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CPMode:
-    """How the sequence is shared: ``ulysses`` or ``ring`` over ``degree`` ranks."""
-
-    kind: str  # "ulysses" or "ring"
-    degree: int
-    padded_heads: bool = False  # Ulysses with the head count padded up to a multiple of the degree
-
-    @property
-    def ulysses_degree(self) -> int:
-        return self.degree if self.kind == "ulysses" else 1
-
-    @property
-    def ring_degree(self) -> int:
-        return self.degree if self.kind == "ring" else 1
-
-    @property
-    def label(self) -> str:
-        return f"{self.kind} x{self.degree}" + (" (heads padded)" if self.padded_heads else "")
-
-    def config_kwargs(self, uneven: bool) -> dict:
-        """Arguments of diffusers' ``ContextParallelConfig`` for this mode."""
-        if self.kind == "ulysses":
-            return {"ulysses_degree": self.degree, "ulysses_anything": self.padded_heads or uneven}
-        return {"ring_degree": self.degree, "ring_anything": uneven}
-
-    def set_flags(self, config, uneven: bool) -> None:
-        """Switch a live ``ContextParallelConfig`` between the even and the uneven ("anything") split.
-
-        diffusers reads these flags at every forward (the sharding hooks and the templated attention), so
-        one model serves clips of any size; ``enable_parallelism`` itself runs once per model.
-        """
-        for name, value in self.config_kwargs(uneven).items():
-            if name.endswith("_anything"):
-                setattr(config, name, value)
-
-    def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-def choose_mode(heads: int, world: int, ring_ok: bool) -> CPMode:
-    """Ulysses when ``heads`` divides by ``world``; ring otherwise when ``ring_ok``; else padded Ulysses
-    when diffusers allows the padding (fewer padded heads than heads per rank); else a ``RequestError``."""
-    if world < 2:
-        raise ValueError(f"context parallelism needs 2 or more ranks, not {world}")
-    if heads % world == 0:
-        return CPMode("ulysses", world)
-    if ring_ok:
-        return CPMode("ring", world)
-    pad = world - heads % world
-    if pad < (heads + pad) // world:
-        return CPMode("ulysses", world, padded_heads=True)
-    fits = ", ".join(str(n) for n in range(2, heads + 1) if heads % n == 0 and n <= 16)
-    raise RequestError(
-        f"--parallel {world}: the model's {heads} attention heads cannot be shared by {world} ranks. Ulysses needs "
-        f"the head count to divide by {world} (it does for {fits}); ring attention needs a CUDA GPU in bf16 or fp16.",
-        key="parallel_heads", heads=heads, world=world,
-    )
-
-
-def ring_available(device_kind: str, dtype: str) -> bool:
-    """Ring attention merges partial results with the log-sum-exp, which PyTorch's SDPA does not return:
-    it needs a kernel that does (flash-attn, SageAttention, cuDNN or PyTorch's own flash kernel), and
-    all of them run on a CUDA GPU in bf16/fp16. Not on a CPU."""
-    return device_kind == "cuda" and dtype in ("bf16", "fp16")
-
-
-# The app's attention kernels (``--attention``) that diffusers can run context-parallel; all of them also
-# return the log-sum-exp that ring attention needs. flash-attn 3 and xformers cannot (diffusers 0.42).
-_CP_KERNELS = {"flash": "flash", "sage": "sage", "cudnn": "_native_cudnn"}
-
-
-_APP_KERNELS = {"native": "sdpa", **{backend: name for name, backend in _CP_KERNELS.items()}}
-
-
-def cp_backend(kind: str, attention: str) -> str:
-    """diffusers' attention backend for a context-parallel run: the app's kernel where diffusers supports
-    context parallelism with it, else PyTorch SDPA for Ulysses and PyTorch's flash kernel for ring."""
-    if attention in _CP_KERNELS:
-        return _CP_KERNELS[attention]
-    return "_native_flash" if kind == "ring" else "native"
-
-
-def sequence_tokens(frames: int, height: int, width: int, vae_temporal: int, vae_spatial: int, patch) -> int:
-    """The transformer's sequence length for a clip (what context parallelism splits), with the frame count
-    rounded to 4n+1 as ``WanPipeline`` does."""
-    if (frames - 1) % vae_temporal:
-        frames = frames // vae_temporal * vae_temporal + 1
-    latent_frames = (frames - 1) // vae_temporal + 1
-    return (latent_frames // patch[0]) * (height // vae_spatial // patch[1]) * (width // vae_spatial // patch[2])
+from .parallel_mode import _APP_KERNELS, CPMode, sequence_tokens
+from .parallel_mode import choose_mode, cp_backend, ring_available  # noqa: F401  (here too, for callers)
 
 
 def plan(settings, spec, device: str) -> tuple[int, str]:
@@ -147,7 +52,9 @@ def plan(settings, spec, device: str) -> tuple[int, str]:
     wanted = int(getattr(settings, "parallel", 1) or 1)
     if wanted <= 1:
         return 1, ""
-    if spec.pipeline_class not in WAN_PIPELINES:
+    from ..families.catalogue import family_of
+
+    if not getattr(family_of(spec), "CONTEXT_PARALLEL", False):
         return 1, f"--parallel {wanted} is for Wan models; {spec.title} runs on one GPU."
     if getattr(settings, "random_weights", False):
         return 1, f"--parallel {wanted} is off for random weights (each process would draw its own); one GPU."
@@ -296,9 +203,10 @@ def run_parallel(task: str, job, ctx, request, spec, image=None, last=None) -> d
             ctx.note(why)
         return None
 
+    from ..families.catalogue import family_of
     from ..media.ffmpeg import encode_comment, write_mp4
     from ..studio.outputs import output_stem, sidecar_path, write_atomic, write_json_atomic
-    from ..tasks.video import PREVIEW_UPDATES, WAN_TEXT_TOKENS, video_sidecar
+    from ..tasks.video import PREVIEW_UPDATES, copy_inputs, input_records, video_sidecar
 
     model, loaded_now = ctx.model(spec)
     runner: ParallelPipeline = model.pipe
@@ -321,7 +229,7 @@ def run_parallel(task: str, job, ctx, request, spec, image=None, last=None) -> d
     with ctx.stage("text_encode"):
         positive, negative = runner.encode(prompt=request.prompt, negative_prompt=request.negative_prompt,
                                            do_classifier_free_guidance=use_guidance, num_videos_per_prompt=1,
-                                           max_sequence_length=WAN_TEXT_TOKENS)
+                                           max_sequence_length=family_of(spec).TEXT_TOKENS)
     ctx.check_cancel()
 
     clips: list[dict] = []
@@ -368,18 +276,13 @@ def run_parallel(task: str, job, ctx, request, spec, image=None, last=None) -> d
             video_path = write_atomic(stem.with_suffix(".mp4"),
                                       lambda temp: write_mp4(frames, temp, request.fps, comment=encode_comment(settings)))
             if task == "i2v" and not copies:
-                from ..tasks.i2v import _copy_inputs
-
-                copies = _copy_inputs(video_path, image, last, write_atomic)
+                copies = copy_inputs(video_path, image, last, write_atomic)
         clip_timings["encode"] = time.perf_counter() - started
         sidecar = video_sidecar(task, job, ctx, request, spec, model, loaded_now, settings, clip_timings, video_path,
                                 frames.shape)
         sidecar["parallel"] = runner.record(tokens, uneven)
         if task == "i2v":
-            sidecar["input"] = {**image.record(), "copy": copies["image"]["copy"], "fit": request.fit,
-                                "used_width": request.width, "used_height": request.height}
-            if last is not None:
-                sidecar["last_frame"] = {**last.record(), "copy": copies["last_frame"]["copy"]}
+            sidecar.update(input_records(request, image, last, copies))
         sidecar_file = write_json_atomic(sidecar_path(video_path), sidecar)
         logger.info("Job %s: wrote %s (%d ranks, %s)", job.id, video_path, runner.world, runner.mode.label)
         clips.append({"video": str(video_path), "sidecar": str(sidecar_file), "seed": seed})
@@ -393,9 +296,9 @@ def _clip_settings(task: str, request, spec, seed: int, image, last) -> dict:
     """What made the clip, as the local task records it: i2v's own record; for t2v every request field
     but the bookkeeping ones (so a field added to ``T2VRequest`` is recorded here too)."""
     if task == "i2v":
-        from ..tasks.i2v import _settings
+        from ..tasks.video import i2v_settings
 
-        return _settings(request, spec, seed, image, last)
+        return i2v_settings(request, spec, seed, image, last)
     record = {name: value for name, value in dataclasses.asdict(request).items()
               if name not in ("notes", "clips", "duration_s")}
     record.update(model=spec.id, seed=seed)

@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import torch.distributed as dist
 
-    from .parallel import CPMode, choose_mode, ring_available
+    from .parallel_mode import CPMode, choose_mode, ring_available
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True)

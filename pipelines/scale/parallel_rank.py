@@ -64,7 +64,7 @@ def enable_context_parallel(models: list, mode, attention: str, device_kind: str
     from diffusers import ContextParallelConfig
     from torch.distributed.device_mesh import init_device_mesh
 
-    from .parallel import cp_backend
+    from .parallel_mode import cp_backend
 
     backend = cp_backend(mode.kind, attention)
     mesh = init_device_mesh(device_kind, (mode.ring_degree, mode.ulysses_degree), mesh_dim_names=("ring", "ulysses"))
@@ -134,8 +134,8 @@ class Rank:
         import torch.distributed as dist
 
         from ..device.loading import load_video_pipeline
-        from .parallel import choose_mode, cp_backend, ring_available
-        from ..families.catalogue import get_spec
+        from ..families.catalogue import family_of, get_spec
+        from .parallel_mode import choose_mode, cp_backend, ring_available
 
         backend = "nccl" if self.device_kind == "cuda" else "gloo"
         if self.device_kind == "cuda":
@@ -151,7 +151,9 @@ class Rank:
         started = time.perf_counter()
         # Only rank 0 encodes prompts: the others never load the text encoder (UMT5-XXL: 11 GB).
         without = () if self.rank == 0 else ("text_encoder", "tokenizer")
-        self.model = load_video_pipeline(spec, self.setup["settings"], self.device, self.setup["dtype"], without=without)
+        self.family = family_of(spec)
+        self.model = load_video_pipeline(spec, self.setup["settings"], self.device, self.setup["dtype"], self.family,
+                                         without=without)
         self.pipe = self.model.pipe
         first = denoisers(self.pipe)[0]
         heads = int(first.config.num_attention_heads)
@@ -186,8 +188,9 @@ class Rank:
         import torch
         import torch.distributed as dist
 
+        from ..families.wan import set_flow_shift  # context parallelism is Wan's (``CONTEXT_PARALLEL``)
         from ..media.preview import latents_to_rgb
-        from ..tasks.video import PREVIEW_UPSCALE, set_flow_shift
+        from ..tasks.video import PREVIEW_UPSCALE
 
         for config in self.configs:
             self.mode.set_flags(config, uneven=payload["uneven"])
@@ -203,7 +206,8 @@ class Rank:
             if self.rank == 0:
                 preview = None
                 if every and ((step + 1) % every == 0 or step + 1 == steps):
-                    preview = latents_to_rgb(tensors["latents"][0].float().cpu().numpy(), upscale=PREVIEW_UPSCALE)
+                    preview = latents_to_rgb(tensors["latents"][0].float().cpu().numpy(), upscale=PREVIEW_UPSCALE,
+                                             factors=self.family.PREVIEW_RGB)
                 self.conn.send(("step", step, preview))
                 kind, stop = self.conn.recv()
                 flag[0] = int(bool(stop))
@@ -226,12 +230,10 @@ class Rank:
         return {"interrupted": bool(flag.item()), "seconds": round(seconds, 3)}
 
     def decode(self):
-        from ..tasks.video import decode_wan_latents
-
         if self.latents is None:
             raise RuntimeError("decode asked for before a denoise finished")
         latents, self.latents = self.latents, None
-        return decode_wan_latents(self.pipe, latents)
+        return self.family.decode(self.pipe, latents, False)
 
     def latents_copy(self):
         return None if self.latents is None else self.latents.detach().cpu()

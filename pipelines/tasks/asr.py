@@ -243,7 +243,7 @@ def load_asr_model(spec, settings, device: str, dtype: str):
 
     def load(attention: str) -> WhisperBundle:
         if random_weights:  # benchmarks: the real architecture, created on the device (assets/model_configs)
-            from ..bench.random_weights import build_random_whisper
+            from ..bench.random_whisper import build_random_whisper
 
             return build_random_whisper(spec.id, device, torch_dtype, attention)
         model = WhisperForConditionalGeneration.from_pretrained(folder, dtype=torch_dtype, attn_implementation=attention)
@@ -446,7 +446,7 @@ class _Transcriber:
         if self.max_new_tokens:
             kwargs["max_new_tokens"] = self.max_new_tokens
         if self.random_weights:  # exactly this many tokens per window, in one pass
-            from ..bench.random_weights import fixed_token_count
+            from ..bench.random_whisper import fixed_token_count
 
             kwargs.update(fixed_token_count(self.generation_config, self.max_new_tokens))
         if self.request.word_timestamps:

@@ -1,60 +1,35 @@
-"""What the video tasks (text-to-video, image-to-video) share: Wan's defaults, latent decoding, the sidecar,
-cached prompt encoding and the out-of-memory ladder (``run_with_memory_ladder``)."""
+"""What the video tasks (text-to-video, image-to-video) share: the clip loop (``make_clips``: text encode,
+denoise, decode, mp4, sidecar, each stage asked of the model's family), cached prompt encoding, the
+out-of-memory ladder (``run_with_memory_ladder``), the sidecar, and the i2v input copies."""
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import shutil
+import time
 from pathlib import Path
 
 from ..studio.jobs import RequestError
 
 logger = logging.getLogger(__name__)
 
-# Wan's own negative prompt (from its reference code), which the model was tuned with.
-DEFAULT_NEGATIVE_PROMPT = (
-    "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，JPEG压缩残留，"
-    "丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，"
-    "静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走"
-)
 MAX_PROMPT_CHARS = 4000
 MAX_CLIPS = 16
 PREVIEW_UPDATES = 10  # about this many previews per clip
 PREVIEW_UPSCALE = 2  # a 480p clip previews as a 2x2 grid of 208x120 frames
-WAN_TEXT_TOKENS = 512  # the prompt length WanPipeline.__call__ and Wan's reference code use
 MAX_STEP_CACHE = 1.0  # the step cache's threshold: 0 (off) to this
 
 
-def set_flow_shift(pipe, shift: float) -> None:
-    config = pipe.scheduler.config
-    if "flow_shift" in config and config.get("flow_shift") != shift:
-        pipe.scheduler = type(pipe.scheduler).from_config(config, flow_shift=shift)
-    elif "shift" in config and "flow_shift" not in config and config.get("shift") != shift:
-        pipe.scheduler = type(pipe.scheduler).from_config(config, shift=shift)
-
-
-def decode_wan_latents(pipe, latents):
-    """Latents -> uint8 frames (F, H, W, 3), exactly as ``WanPipeline`` decodes them."""
-    import numpy as np
-    import torch
-
-    vae = pipe.vae
-    latents = latents.to(vae.device if not hasattr(pipe, "_execution_device") else pipe._execution_device, vae.dtype)
-    mean = torch.tensor(vae.config.latents_mean).view(1, vae.config.z_dim, 1, 1, 1).to(latents.device, latents.dtype)
-    inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, vae.config.z_dim, 1, 1, 1).to(latents.device, latents.dtype)
-    with torch.no_grad():
-        video = vae.decode(latents / inv_std + mean, return_dict=False)[0]
-    frames = pipe.video_processor.postprocess_video(video, output_type="np")[0]
-    return (np.clip(frames, 0.0, 1.0) * 255).round().astype(np.uint8)
-
-
 def check_step_cache(value, spec) -> float:
-    """The request's step-cache threshold (0 = off), checked: a number in [0, 1], and only for Wan."""
+    """The request's step-cache threshold (0 = off), checked: a number in [0, 1], and only for a family
+    with the step cache (``STEP_CACHE``)."""
+    from ..families.catalogue import family_of
     from ..studio.jobs import parse_number
 
     threshold = parse_number(value if value not in (None, "") else 0, "Step cache threshold", float, 0.0,
                              MAX_STEP_CACHE, "step_cache")
-    if threshold and spec.extra.get("family", "wan") != "wan":
+    if threshold and not family_of(spec).STEP_CACHE:
         raise RequestError(f"The step cache works with Wan models; {spec.title} has no transformer blocks to skip. "
                            "Set it to 0.", key="step_cache_unsupported", model=spec.title)
     return threshold
@@ -203,3 +178,141 @@ def video_sidecar(task: str, job, ctx, request, spec, model, loaded_now, setting
         "memory_level": model.level,
         "notes": list(request.notes),
     }
+
+
+# --- the clips of a job -----------------------------------------------------------------------------------
+
+
+def make_clips(task: str, job, ctx, request, spec, model, loaded_now: bool, retries: list, clips: list,
+               inputs: dict, record, on_written=lambda video_path: {}) -> None:
+    """The clips of the job not made yet, on ``model`` at its memory level (see ``run_with_memory_ladder``):
+    text encode (once, cached), then per clip denoise (progress, previews, cancel), decode, mp4 and sidecar;
+    each stage as the model's family does it (``families/base.py``). ``inputs`` are the pipeline's image
+    arguments; ``record(seed)`` the clip's settings; ``on_written(video_path)`` extra sidecar sections."""
+    from ..device import fastpath
+    from ..device.memory_levels import JobShape, maybe_inject_oom
+    from ..families.catalogue import family_of
+    from ..media.ffmpeg import encode_comment, write_mp4
+    from ..media.preview import latents_to_rgb
+    from ..studio.outputs import output_stem, sidecar_path, write_atomic, write_json_atomic
+
+    family = family_of(spec)
+    # 1. Model: resident after the first job.
+    pipe = model.pipe
+    if not loaded_now:
+        logger.info("Job %s: %s already resident, not reloaded", job.id, spec.title)
+    use_guidance = request.guidance > 1.0
+
+    # 2. Text encoding, once for all clips; a prompt seen before comes from the cache.
+    with ctx.stage("text_encode"):
+        maybe_inject_oom("text_encode")
+        embeds, cache_hit = encode_cached(ctx, model, request.prompt, request.negative_prompt, use_guidance,
+                                          family.TEXT_TOKENS, lambda: family.encode_prompt(pipe, request, use_guidance))
+    ctx.check_cancel()
+    preset = next((p for p in spec.presets if p.name == request.preset), None)
+    changes = fastpath.changes_output(request.step_cache, bool(spec.lora_repo_id or (preset and preset.changes_output)),
+                                      model.attention, bool(model.optimisations.get("fp8")))
+
+    preview_every = max(1, request.steps // PREVIEW_UPDATES)
+    for index in range(len(clips), request.clips):
+        seed = (request.seed + index) % 2**32
+        clip_timings: dict[str, float] = {}
+        clock = ctx.start_steps(request.steps, clip=index + 1, clips=request.clips)
+
+        # 3. Denoising, with progress, previews and cancel at every step, inside the fast path.
+        started = time.perf_counter()
+        with ctx.stage("denoise"), fastpath.denoise_context(model, ctx.settings, use_guidance,
+                                                            embeds[1] if use_guidance else None, request.step_cache,
+                                                            family) as info:
+            maybe_inject_oom("denoise")
+            timer = info["timer"]
+
+            def on_latents(latents):
+                timer.tick()
+                preview = None
+                if (clock.done + 1) % preview_every == 0 or clock.done + 1 == request.steps:
+                    preview = latents_to_rgb(latents.float().cpu().numpy(), upscale=PREVIEW_UPSCALE,
+                                             factors=family.PREVIEW_RGB)
+                ctx.step(clock, preview=preview)
+
+            latents = fastpath.with_compile_fallback(
+                model, lambda: family.denoise(pipe, request, embeds, seed, on_latents, job, inputs))
+        clip_timings["denoise"] = time.perf_counter() - started
+        ctx.check_cancel(clock)  # all steps ran: Stop keeps the clip
+
+        # 4. VAE decode: whole, or in tiles when it would not fit.
+        shape = JobShape(request.frames, request.height, request.width, use_guidance)
+        tiled, tiled_why = fastpath.decode_should_tile(pipe, model.level, shape, ctx.settings, ctx.device, family)
+        started = time.perf_counter()
+        with ctx.stage("decode"):
+            maybe_inject_oom("decode")
+            frames = family.decode(pipe, latents, tiled)
+            # a family that makes sound too: (samples (channels, n), sample rate) for the mp4's AAC track
+            audio = family.decode_audio(pipe, latents) if hasattr(family, "decode_audio") else None
+        del latents
+        clip_timings["decode"] = time.perf_counter() - started
+        ctx.check_cancel(clock)
+
+        # 5. mp4 (and what goes with it) and sidecar.
+        settings = record(seed)
+        started = time.perf_counter()
+        with ctx.stage("encode"):
+            stem = output_stem(ctx.settings.outputs_dir, task, str(seed), dt.datetime.now())
+            video_path = write_atomic(
+                stem.with_suffix(".mp4"), lambda temp: write_mp4(frames, temp, request.fps, comment=encode_comment(settings),
+                                                        audio=audio)
+            )
+            extra = on_written(video_path)
+        clip_timings["encode"] = time.perf_counter() - started
+        fast = fast_path_record(model, retries, {**info, "prompt_cache_hit": cache_hit, "vae_tiled": tiled,
+                                                 "vae_tiled_why": tiled_why}, changes)
+        sidecar = video_sidecar(task, job, ctx, request, spec, model, loaded_now, settings, clip_timings, video_path,
+                                frames.shape, fast=fast)
+        sidecar["output"]["has_audio"] = audio is not None
+        sidecar.update(extra)
+        sidecar_file = write_json_atomic(sidecar_path(video_path), sidecar)
+        logger.info("Job %s: wrote %s", job.id, video_path)
+        clips.append({"video": str(video_path), "sidecar": str(sidecar_file), "seed": seed})
+        if job.cancelled:  # Stop came while this clip was finishing: it is kept, no further clip starts
+            break
+
+
+# --- image to video's record and input copies (the local and the context-parallel path share them) ------
+
+_INPUT_SUFFIX = {"PNG": ".png", "JPEG": ".jpg", "MPO": ".jpg", "WEBP": ".webp", "BMP": ".bmp", "DIB": ".bmp",
+                 "GIF": ".gif", "TIFF": ".tif"}
+
+
+def i2v_settings(request, spec, seed: int, image, last) -> dict:
+    """What made an image-to-video clip (the sidecar's ``settings``, the mp4's comment)."""
+    return {
+        "prompt": request.prompt, "negative_prompt": request.negative_prompt, "model": spec.id,
+        "preset": request.preset, "resolution": request.resolution, "aspect": request.aspect, "fit": request.fit,
+        "width": request.width, "height": request.height, "frames": request.frames, "steps": request.steps,
+        "guidance": request.guidance, "shift": request.shift, "seed": seed, "fps": request.fps,
+        "step_cache": request.step_cache, "image_sha256": image.sha256,
+        "last_image_sha256": last.sha256 if last else None,
+    }
+
+
+def copy_inputs(video_path: Path, image, last, write_atomic) -> dict:
+    """The input file(s), byte for byte, next to the clip: ``<clip stem>_input.<ext>`` (and ``_last``)."""
+    copies = {}
+    for kind, source in (("image", image), ("last_frame", last)):
+        if source is None:
+            continue
+        suffix = _INPUT_SUFFIX.get(source.format, Path(source.name).suffix or ".img")
+        tag = "input" if kind == "image" else "last"
+        path = write_atomic(video_path.with_name(f"{video_path.stem}_{tag}{suffix}"),
+                            lambda temp, src=source.path: shutil.copyfile(src, temp))
+        copies[kind] = {"path": str(path), "copy": path.name}
+    return copies
+
+
+def input_records(request, image, last, copies: dict) -> dict:
+    """The sidecar's ``input`` (and ``last_frame``) sections of an image-to-video clip."""
+    records = {"input": {**image.record(), "copy": copies["image"]["copy"], "fit": request.fit,
+                         "used_width": request.width, "used_height": request.height}}
+    if last is not None:
+        records["last_frame"] = {**last.record(), "copy": copies["last_frame"]["copy"]}
+    return records
