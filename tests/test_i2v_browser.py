@@ -59,7 +59,7 @@ def test_drop_a_photo_generate_and_continue(page, served_app, tmp_path):
     assert clips
     sidecar = json.loads(clips[-1].with_suffix(".json").read_text(encoding="utf-8"))
     assert sidecar["settings"]["prompt"] == "the waves roll in"
-    assert (sidecar["settings"]["width"], sidecar["settings"]["height"]) == (192, 128)
+    assert (sidecar["settings"]["width"], sidecar["settings"]["height"]) == (128, 96)  # the 4:3 photo stays 4:3
     assert (page.locator("#i2v-video video").get_attribute("src") or "").endswith(clips[-1].name)
 
     # Continue the clip: its last frame becomes the image.
