@@ -172,9 +172,14 @@ DEMO_BUILDERS = {"ltx2-t2v": build_ltx2_t2v, "ltx2-i2v": build_ltx2_i2v}
 
 
 def load(spec: ModelSpec, settings, device: str, dtype: str):
+    """``load_video_pipeline``, without fused q/k/v projections: LTX-2's attention (its audio-video cross
+    attention has keys narrower than its queries) neither fuses nor would use fused weights."""
+    import dataclasses
+
     from ..device.loading import load_video_pipeline
 
-    return load_video_pipeline(spec, settings, device, dtype, family=sys.modules[__name__])
+    return load_video_pipeline(spec, dataclasses.replace(settings, fuse_qkv=False), device, dtype,
+                               family=sys.modules[__name__])
 
 
 # --- requests -----------------------------------------------------------------------------------------
@@ -198,8 +203,11 @@ def check_size(width: int, height: int) -> None:
 
 def call_kwargs(request) -> dict:
     """The pipeline call's LTX-2 arguments: its frame rate (the positions and the sound's length follow it),
-    LTX-2.0's guidance recipe, and the distilled sigmas for a distilled entry's 8 steps."""
+    LTX-2.0's guidance recipe, the distilled sigmas for a distilled entry's 8 steps, and (image to video) no
+    re-compression of the image by the pipeline."""
     kwargs = {"frame_rate": float(request.fps), **_CALL}
+    if getattr(request, "image", None):  # the app re-compresses the image itself (``recompress``): no PyAV needed
+        kwargs["image_crf"] = 0
     if request.model in _DISTILLED_IDS and int(request.steps) == len(DISTILLED_SIGMAS):
         kwargs["sigmas"] = list(DISTILLED_SIGMAS)
     return kwargs
@@ -242,8 +250,9 @@ def denoise(pipe, request, embeds, seed: int, on_latents, job, inputs: dict):
     image = {}
     if inputs.get("image") is not None:  # at the training CRF, as the pipeline's own (PyAV) re-compression
         image = {"image": recompress(inputs["image"], IMAGE_CRF), "image_crf": 0}
+    kwargs = {**call_kwargs(request), **image}
     video, audio = pipe(
-        **image,
+        **kwargs,
         prompt_embeds=positive,
         prompt_attention_mask=mask,
         negative_prompt_embeds=negative[0] if negative is not None else None,
@@ -259,7 +268,6 @@ def denoise(pipe, request, embeds, seed: int, on_latents, job, inputs: dict):
         return_dict=False,
         callback_on_step_end=on_step,
         callback_on_step_end_tensor_inputs=["latents"],
-        **call_kwargs(request),
     )
     return video, audio
 
