@@ -57,14 +57,14 @@ _DISTILLED_NOTES = "Distilled LoRA: 8 steps at guidance 1.0. Output differs from
 
 SPECS: tuple[ModelSpec, ...] = (
     ModelSpec(id="ltx2-t2v", task="t2v", title="LTX-2 19B (video + audio)", pipeline_class="LTX2Pipeline",
-              vram_gb=66.0, presets=_PRESETS, demo_kind="ltx2-t2v", notes=_NOTES, **_COMMON),
+              vram_gb=70.0, presets=_PRESETS, demo_kind="ltx2-t2v", notes=_NOTES, **_COMMON),
     ModelSpec(id="ltx2-t2v-distilled", task="t2v", title="LTX-2 19B + distilled LoRA (8 steps, video + audio)",
-              pipeline_class="LTX2Pipeline", vram_gb=67.0, presets=(_DISTILLED,) + _PRESETS,
+              pipeline_class="LTX2Pipeline", vram_gb=71.0, presets=(_DISTILLED,) + _PRESETS,
               default_preset="Distilled", demo_kind="ltx2-t2v", notes=_DISTILLED_NOTES, **_LORA, **_COMMON),
     ModelSpec(id="ltx2-i2v", task="i2v", title="LTX-2 19B (video + audio)", pipeline_class="LTX2ImageToVideoPipeline",
-              vram_gb=66.0, presets=_PRESETS, demo_kind="ltx2-i2v", notes=_NOTES, **_COMMON),
+              vram_gb=70.0, presets=_PRESETS, demo_kind="ltx2-i2v", notes=_NOTES, **_COMMON),
     ModelSpec(id="ltx2-i2v-distilled", task="i2v", title="LTX-2 19B + distilled LoRA (8 steps, video + audio)",
-              pipeline_class="LTX2ImageToVideoPipeline", vram_gb=67.0, presets=(_DISTILLED,) + _PRESETS,
+              pipeline_class="LTX2ImageToVideoPipeline", vram_gb=71.0, presets=(_DISTILLED,) + _PRESETS,
               default_preset="Distilled", demo_kind="ltx2-i2v", notes=_DISTILLED_NOTES, **_LORA, **_COMMON),
 )
 _DISTILLED_IDS = frozenset(spec.id for spec in SPECS if spec.lora_repo_id)
