@@ -77,10 +77,12 @@ def baseline_t2v(settings, device: str, dtype: str, workload: Workload, repeat: 
     """The same clip with diffusers' defaults: ``from_pretrained(...).to(device)`` and one ``pipe(...)`` call."""
     import torch
 
+    from ..families.catalogue import family_of
     from ..tasks.t2v import validate_t2v
 
     request = validate_t2v(workload.request, demo=settings.demo)
     pipe, load_s = _plain_video_pipeline(get_spec(workload.model), settings, device, dtype)
+    extra = family_of(get_spec(workload.model)).call_kwargs(request)
     out_dir = _baseline_dir(settings)
 
     def run(index: int) -> None:
@@ -93,6 +95,7 @@ def baseline_t2v(settings, device: str, dtype: str, workload: Workload, repeat: 
             num_inference_steps=request.steps,
             guidance_scale=request.guidance,
             generator=torch.Generator("cpu").manual_seed(request.seed),
+            **extra,
         ).frames[0]
         _write_frames(frames, out_dir / f"baseline_{index}.mp4", request.fps)
 
