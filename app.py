@@ -44,8 +44,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     net.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     net.add_argument("--listen", action="store_true", help="bind 0.0.0.0 so other machines on the network can connect")
     net.add_argument("--share", action="store_true", help="also open a public gradio.live link (needs internet)")
-    net.add_argument("--auth", help="require a login, user:password (several: user1:pw1,user2:pw2)")
-    net.add_argument("--auth-file", type=Path, help="file of user:password lines")
+    net.add_argument("--auth", help="for quick local use: require a login, user:password on the command line "
+                                    "(several: user1:pw1,user2:pw2); to share the studio use --auth-file")
+    net.add_argument("--auth-file", type=Path,
+                     help="users with hashed passwords and roles, written by scripts/users.py (old user:password "
+                          "lines still work, with a warning)")
+    net.add_argument("--trusted-proxy", action="append", default=[], metavar="ADDR",
+                     help="a reverse proxy's address whose X-Forwarded-For is believed (repeatable; default: none)")
+    net.add_argument("--login-failures", type=int, default=5, metavar="N",
+                     help="wrong passwords in a row for one user from one address before a lockout (default 5)")
+    net.add_argument("--login-address-failures", type=int, default=30, metavar="N",
+                     help="wrong passwords in a row from one address, any user, before a lockout (default 30)")
+    net.add_argument("--login-lockout", type=float, default=30.0, metavar="S",
+                     help="the first lockout in seconds; each next one doubles (default 30)")
+    net.add_argument("--login-max-lockout", type=float, default=900.0, metavar="S",
+                     help="the longest lockout in seconds (default 900)")
+    net.add_argument("--ssl-certfile", type=Path, help="serve HTTPS with this certificate (PEM)")
+    net.add_argument("--ssl-keyfile", type=Path, help="the certificate's private key (PEM)")
     net.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB, metavar="MB",
                      help=f"largest file one upload may be, in MB (default {DEFAULT_MAX_UPLOAD_MB}; 0: no limit)")
     files = parser.add_argument_group("files")
@@ -135,6 +150,29 @@ def read_auth(auth: str | None, auth_file: Path | None) -> list[tuple[str, str]]
     return pairs or None
 
 
+def load_users(auth: str | None, auth_file: Path | None):
+    """The users of ``--auth`` and ``--auth-file`` (a ``UserBook``), or None without either.
+
+    Old plain ``user:password`` lines of the file still work, with a warning naming the command that
+    hashes them.
+    """
+    from pipelines.studio.users import CONVERT_HINT, User, UserBook, read_users
+
+    users = [User(user, password) for user, password in read_auth(auth, None) or []]
+    if auth_file:
+        if not auth_file.is_file():
+            raise SystemExit(f"--auth-file {auth_file} does not exist.")
+        try:
+            from_file = read_users(auth_file)
+        except ValueError as error:
+            raise SystemExit(str(error)) from None
+        if plain := [user.name for user in from_file if user.plain]:
+            logger.warning("%s holds plain-text passwords (%s). Hash them with: %s", auth_file, ", ".join(plain),
+                           CONVERT_HINT.format(file=auth_file))
+        users += from_file
+    return UserBook(users) if users else None
+
+
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
@@ -188,7 +226,20 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    auth = read_auth(args.auth, args.auth_file)
+    if bool(args.ssl_certfile) != bool(args.ssl_keyfile):
+        print("error: HTTPS needs both --ssl-certfile and --ssl-keyfile.", file=sys.stderr)
+        return 2
+    # Uvicorn believes X-Forwarded-For from these addresses only (its default is 127.0.0.1: anyone on this
+    # machine could forge an address and dodge the login throttle).
+    os.environ["FORWARDED_ALLOW_IPS"] = ",".join(args.trusted_proxy)
+    from pipelines.studio.throttle import LoginThrottle
+
+    try:
+        throttle = LoginThrottle(args.login_failures, args.login_lockout, args.login_max_lockout,
+                                 args.login_address_failures)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     if not 0 <= args.max_upload_mb < float("inf"):
         print(f"error: --max-upload-mb must be 0 (no limit) or more, not {args.max_upload_mb:g}.", file=sys.stderr)
         return 2
@@ -197,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipelines.studio.logbuffer import install
 
     log_buffer = install(getattr(logging, args.log_level), log_file=settings.logs_dir / "cinescribe.log")
+    users = load_users(args.auth, args.auth_file)
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
@@ -207,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     from ui.app import build_demo, launch_options
 
     host = "0.0.0.0" if args.listen else args.host
-    for line in open_access_warning(host, args.share, bool(auth)):
+    for line in open_access_warning(host, args.share, bool(users)):
         logger.warning(line)
     if settings.demo:
         logger.info("Demo mode: tiny random models, clips are noise.")
@@ -232,7 +284,11 @@ def main(argv: list[str] | None = None) -> int:
     if settings.preload:
         worker.preload(settings.preload)
     controller = AppController()
-    demo = build_demo(worker, settings, controller, log_buffer)
+    from ui.auth_access import Access
+
+    access = Access(users, throttle, args.trusted_proxy, settings.outputs_dir, os.environ["GRADIO_TEMP_DIR"],
+                    store=worker.queue.store, owners_file=settings.data_dir / "uploads.owners", jobs=worker.job)
+    demo = build_demo(worker, settings, controller, log_buffer, access=access)
     demo.queue(default_concurrency_limit=8)
     try:
         demo.launch(
@@ -241,14 +297,16 @@ def main(argv: list[str] | None = None) -> int:
             share=args.share,
             prevent_thread_lock=True,
             quiet=True,
-            **launch_options(settings, auth=auth, max_upload_mb=args.max_upload_mb),
+            **launch_options(settings, max_upload_mb=args.max_upload_mb, access=access),
+            **({"ssl_certfile": str(args.ssl_certfile), "ssl_keyfile": str(args.ssl_keyfile), "ssl_verify": False}
+               if args.ssl_certfile else {}),
         )
     except OSError as error:
         logger.error("Could not start the server on %s:%s (%s). Is the port taken? Try --port %d.",
                      host, args.port, error, args.port + 1)
         worker.stop()
         return 1
-    logger.info("Cinescribe is ready: http://%s:%d  (outputs: %s)",
+    logger.info("Cinescribe is ready: %s://%s:%d  (outputs: %s)", "https" if args.ssl_certfile else "http",
                 "localhost" if host in ("127.0.0.1", "0.0.0.0") else host, args.port, settings.outputs_dir.resolve())
     try:
         controller.done.wait()

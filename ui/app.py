@@ -100,7 +100,8 @@ def offline_theme() -> gr.themes.Base:
     )
 
 
-def build_demo(worker, settings, controller, log_buffer=None) -> gr.Blocks:
+def build_demo(worker, settings, controller, log_buffer=None, access=None) -> gr.Blocks:
+    """The page. ``access`` (``ui.auth_access.Access``): users, roles and file owners; None: one person's studio."""
     translator = Translator()
     with gr.Blocks(title="Cinescribe") as demo:
         lang_state = gr.State("")  # set from the browser on load
@@ -115,6 +116,7 @@ def build_demo(worker, settings, controller, log_buffer=None) -> gr.Blocks:
             translator.bind(gr.Markdown(t("en", "demo_banner"), elem_id="cs-demo-banner"), value="demo_banner")
         strip = gr.HTML(status_strip("en", worker.status()))
         forms: dict = {}  # task -> {request field: component}, for the History tab's "Reuse settings"
+        admin_only: list = []  # controls only admins may use: hidden from the others on load
         with gr.Tabs(overflow_behavior="wrap") as tabs:  # every tab reachable on a phone, none behind a menu
             with translator.bind(gr.Tab("Text to video", id="t2v"), label="tab_t2v"):
                 language_hooks = build_t2v_tab(worker, settings, translator, lang_state, forms)
@@ -125,10 +127,12 @@ def build_demo(worker, settings, controller, log_buffer=None) -> gr.Blocks:
             with translator.bind(gr.Tab("Batch", id="batch"), label="batch_tab"):
                 language_hooks += build_batch_tab(worker, settings, translator, lang_state)
             with translator.bind(gr.Tab("History", id="history"), label="history_tab") as history_tab:
-                language_hooks += build_history_tab(worker, settings, translator, lang_state, forms, tabs, history_tab)
+                language_hooks += build_history_tab(worker, settings, translator, lang_state, forms, tabs, history_tab,
+                                                    access=access)
             with translator.bind(gr.Tab("System", id="system"), label="tab_system"):
-                describe, info = build_system_tab(worker, settings, controller, translator, lang_state)
-        build_live_panel(worker, log_buffer, translator, lang_state, strip)
+                describe, info = build_system_tab(worker, settings, controller, translator, lang_state,
+                                                  access=access, admin_only=admin_only)
+        build_live_panel(worker, log_buffer, translator, lang_state, strip, access=access)
 
         components = translator.components
 
@@ -144,22 +148,35 @@ def build_demo(worker, settings, controller, log_buffer=None) -> gr.Blocks:
         demo.load(lambda lang: normalise_language(lang), [language], [language], js=LANGUAGE_JS,
                   api_visibility="private", queue=False)
         demo.load(describe, None, info, api_visibility="private", queue=False)
+        if access is not None and access.book and admin_only:
+            demo.load(lambda request: [gr.update(visible=access.request_is_admin(request))] * len(admin_only),
+                      None, admin_only, api_visibility="private", queue=False)
         def status(request: gr.Request) -> dict:
             """Device, memory, resident models, queue length and the running job (another user's: no details)."""
             return visible_status(worker.status(), worker.current_job(), request)
 
         gr.api(status, api_name="status")
+
+        def log(request: gr.Request) -> list[str]:
+            """The live log's newest lines this user may read (another user's job lines left out)."""
+            if log_buffer is None:
+                return []
+            return access.log_tail(log_buffer, request, 300) if access else log_buffer.tail(300)
+
+        gr.api(log, api_name="log")
     return demo
 
 
-def launch_options(settings, auth: list[tuple[str, str]] | None = None, max_upload_mb: float | None = None) -> dict:
+def launch_options(settings, auth: list[tuple[str, str]] | None = None, max_upload_mb: float | None = None,
+                   access=None) -> dict:
     """Keyword arguments for ``demo.launch`` that keep the page offline and the file access narrow.
 
     ``auth`` (``user, password`` pairs) requires a login for the page and every route of the server
     (``ui.identity.LoginRequired`` closes the few Gradio leaves open); ``max_upload_mb`` caps each
     uploaded file (Gradio refuses a larger one with HTTP 413 while it streams in; None or 0: no cap).
     Errors of any kind reach the caller with their message (``show_error``): a refused file path says
-    why instead of an empty error.
+    why instead of an empty error. ``access`` with users (``ui.auth_access.Access``) checks passwords
+    against their hashes and adds ``ui.auth_guard.StudioGuard``: login throttling, per-user files and uploads.
     """
     options = {
         "theme": offline_theme(),
@@ -170,13 +187,23 @@ def launch_options(settings, auth: list[tuple[str, str]] | None = None, max_uplo
         "show_error": True,
         "max_file_size": int(max_upload_mb * 2**20) if max_upload_mb else None,
     }
-    if auth:
+    if auth or (access is not None and access.book):
         from starlette.middleware import Middleware
 
         from .identity import LoginRequired
 
         options["auth"] = auth
         options["app_kwargs"] = {"middleware": [Middleware(LoginRequired)]}
+    if access is not None and access.book:
+        import asyncio
+
+        from .auth_guard import StudioGuard
+
+        async def check_password(username: str, password: str) -> bool:  # scrypt off the event loop
+            return await asyncio.to_thread(access.book.check, username, password)
+
+        options["auth"] = check_password
+        options["app_kwargs"]["middleware"].append(Middleware(StudioGuard, access=access))
     return options
 
 

@@ -2,7 +2,8 @@
 reuse settings, delete (to the trash), stop.
 
 With a login (``--auth``), each user sees only their own jobs (and outputs of unknown owner, such as a
-copied-in folder); without one, the page is one person's studio and shows everything.
+copied-in folder), and users with the admin role everyone's; without one, the page is one person's studio
+and shows everything.
 """
 
 from __future__ import annotations
@@ -21,10 +22,13 @@ TASK_TABS = {"t2v": "tab_t2v", "i2v": "i2v_tab", "asr": "asr_tab"}
 STATES = ("done", "failed", "cancelled", "queued", "running")
 
 
-def viewer(request: gr.Request | None) -> str | None:
-    """Whose history to show: the logged-in user, or everyone's when the app has no login."""
+def viewer(request: gr.Request | None, access=None) -> str | None:
+    """Whose history to show: the logged-in user's, or everyone's without a login or for a user with the
+    admin role (``access``: ``ui.auth_access.Access``)."""
     username = getattr(request, "username", None)
-    return str(username) if username else None
+    if not username or (access is not None and access.book and access.sees_everyone(str(username))):
+        return None
+    return str(username)
 
 
 def _preview_cell(history: History, entry: HistoryEntry) -> str:
@@ -94,7 +98,7 @@ def reuse_values(entry: HistoryEntry, fields: dict[str, gr.components.Component]
 
 
 def build_history_tab(worker, settings, translator: Translator, lang_state: gr.State, forms: dict, tabs: gr.Tabs,
-                      tab: gr.Tab) -> list:
+                      tab: gr.Tab, access=None) -> list:
     """Builds the tab; returns its language hooks (the table and the filters, whose texts come from values)."""
     history = History(settings.outputs_dir, worker.queue.store)
     demo = settings.demo
@@ -138,7 +142,7 @@ def build_history_tab(worker, settings, translator: Translator, lang_state: gr.S
     def listing(task_value, state_value, search_value, lang, request: gr.Request):
         """The history table for this viewer, filtered; returns rows, their keys and a count line."""
         lang = request_language(lang, request)
-        owner = viewer(request)
+        owner = viewer(request, access)
         everything = history.entries(owner)
         entries = [e for e in everything if matches(e, task_value, state_value, search_value or "")]
         line = t(lang, "history_count", shown=len(entries), total=len(everything)) if everything else t(
@@ -156,13 +160,13 @@ def build_history_tab(worker, settings, translator: Translator, lang_state: gr.S
         return [
             {"key": e.key, "task": e.task, "state": e.state, "created": e.when, "title": e.title, "model": e.model,
              "seconds": e.total_seconds, "files": [str(p) for p in e.files], "error": e.error}
-            for e in history.entries(viewer(request), task=task, state=state)
+            for e in history.entries(viewer(request, access), task=task, state=state)
         ]
 
     gr.api(history_list, api_name="history_list")
 
     def entry_for(key: str, request) -> HistoryEntry:
-        entry = history.find(key, viewer(request)) if key else None
+        entry = history.find(key, viewer(request, access)) if key else None
         if entry is None:
             raise gr.Error(error_text(request_language("", request), "history_unknown", {}, "That entry is gone."),
                            print_exception=False)
@@ -225,7 +229,7 @@ def build_history_tab(worker, settings, translator: Translator, lang_state: gr.S
         if not key:
             raise gr.Error(t(lang, "history_pick"), print_exception=False)
         try:
-            moved = history.delete(key, viewer(request))
+            moved = history.delete(key, viewer(request, access))
         except KeyError:
             raise gr.Error(t(lang, "err_history_unknown"), print_exception=False) from None
         except ValueError:

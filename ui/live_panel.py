@@ -60,8 +60,10 @@ def live_preview(picture, shown: int | None):
     return picture, id(picture)
 
 
-def build_live_panel(worker, log_buffer, translator: Translator, lang_state: gr.State, strip: gr.HTML) -> None:
-    """The panel, and one timer that refreshes it and the status ``strip`` (placed at the top)."""
+def build_live_panel(worker, log_buffer, translator: Translator, lang_state: gr.State, strip: gr.HTML,
+                     access=None) -> None:
+    """The panel, and one timer that refreshes it and the status ``strip`` (placed at the top). With
+    ``access`` (users), each user's log shows the general lines and their own jobs' (``Access.log_tail``)."""
     with translator.bind(gr.Accordion("Live", open=True, elem_id="cs-live-panel"), label="live_title"):
         with gr.Row():
             with gr.Column(scale=3):
@@ -83,7 +85,8 @@ def build_live_panel(worker, log_buffer, translator: Translator, lang_state: gr.
         log_update = gr.skip()
         if log_buffer is not None and log_buffer.sequence != state.get("log"):
             state = {**state, "log": log_buffer.sequence}
-            log_update = "\n".join(log_buffer.tail(LOG_LINES))
+            lines = access.log_tail(log_buffer, request, LOG_LINES) if access else log_buffer.tail(LOG_LINES)
+            log_update = "\n".join(lines)
         picture = current_job.preview if current_job is not None and sees_job(current_job, request) else None
         preview_update, shown = live_preview(picture, state.get("preview"))
         before = state.get("preview")

@@ -14,6 +14,7 @@ from pipelines.bench.benchmark import run_benchmark, standard_workloads, write_r
 from pipelines.studio.jobs import RequestError
 
 from .i18n import Translator, error_text, normalise_language, request_language, t
+from .auth_access import refuse_unless_admin
 from .identity import sees_job
 
 # Restart asks first, in the page's language; yes clicks the hidden button that restarts.
@@ -73,17 +74,23 @@ def doctor_markdown(settings, lang: str) -> str:
     return "\n".join([t(lang, "doctor_header"), "", header, "|---|---|---|---|", *rows])
 
 
-def build_system_tab(worker, settings, controller, translator: Translator, lang_state: gr.State) -> None:
+def build_system_tab(worker, settings, controller, translator: Translator, lang_state: gr.State, access=None,
+                     admin_only: list | None = None) -> None:
+    """The tab. Its controls are admins' (``access``): the handlers refuse others, and the controls are put
+    in ``admin_only`` for the page to hide from them."""
+    admin_only = admin_only if admin_only is not None else []
     info = gr.Code(language="json", interactive=False, label="System", elem_id="cs-system-info")
     translator.bind(info, label="system_info")
-    with gr.Row():
+    with gr.Row() as release_row:
         with gr.Column():
             release = translator.bind(gr.Button("Release VRAM", elem_id="cs-release"), value="release_vram")
             translator.bind(gr.Markdown(t("en", "release_info")), value="release_info")
     result = gr.Markdown(elem_id="cs-system-result")
     if callable(getattr(worker, "restart_worker", None)):  # --cluster: the Ray cluster's workers
-        build_workers_section(worker, translator, lang_state, result)
-    with gr.Row():
+        with gr.Column() as workers_box:
+            build_workers_section(worker, translator, lang_state, result, access)
+        admin_only.append(workers_box)
+    with gr.Row() as checks_row:
         with gr.Column():
             run_doctor = translator.bind(gr.Button("Run checks", elem_id="cs-doctor"), value="doctor_run")
         with gr.Column():
@@ -92,11 +99,12 @@ def build_system_tab(worker, settings, controller, translator: Translator, lang_
             translator.bind(gr.Markdown(t("en", "benchmark_info")), value="benchmark_info")
     doctor_report = gr.Markdown(elem_id="cs-doctor-report")  # full width: the fixes are sentences
     bench_report = gr.Markdown(last_benchmark(settings), elem_id="cs-benchmark-report")
-    with gr.Row(elem_id="cs-restart-row"):  # apart from Release VRAM, and asks first
+    with gr.Row(elem_id="cs-restart-row") as restart_row:  # apart from Release VRAM, and asks first
         with gr.Column():
             restart = translator.bind(gr.Button("Restart app", variant="stop", elem_id="cs-restart"), value="restart")
             translator.bind(gr.Markdown(t("en", "restart_info")), value="restart_info")
     restart_go = gr.Button("Restart", elem_id="cs-restart-go", elem_classes=["cs-hidden"])  # the API's, and Confirm's
+    admin_only += [release_row, checks_row, doctor_report, bench_report, restart_row]
 
     def describe() -> str:
         status = worker.status()
@@ -121,19 +129,23 @@ def build_system_tab(worker, settings, controller, translator: Translator, lang_
         )
 
     def on_release(lang: str, request: gr.Request):
+        refuse_unless_admin(access, request, lang)
         report = worker.release_vram(timeout=3600)
         return release_message(request_language(lang, request), report), describe()
 
     def on_restart(lang: str, request: gr.Request) -> str:
+        refuse_unless_admin(access, request, lang)
         controller.request_restart()
         return t(request_language(lang, request), "restarting")
 
     def on_doctor(lang: str, request: gr.Request) -> str:
+        refuse_unless_admin(access, request, lang)
         return doctor_markdown(settings, request_language(lang, request))
 
     bench_lock = threading.Lock()
 
     def on_benchmark(lang: str, request: gr.Request):
+        refuse_unless_admin(access, request, lang)
         lang = request_language(lang, request)
         if not bench_lock.acquire(blocking=False):
             yield t(lang, "benchmark_busy")
@@ -246,7 +258,8 @@ def workers_table(lang: str, rows: list[dict]) -> dict:
     return {"headers": [t(lang, f"cluster_col_{column}") for column in WORKER_COLUMNS], "data": data}
 
 
-def build_workers_section(worker, translator: Translator, lang_state: gr.State, result: gr.Markdown) -> None:
+def build_workers_section(worker, translator: Translator, lang_state: gr.State, result: gr.Markdown,
+                          access=None) -> None:
     """The workers' table (host, GPU, VRAM, resident models, current job, state), and Release VRAM / Restart
     for all of them or one."""
     _add_cluster_strings()
@@ -277,6 +290,7 @@ def build_workers_section(worker, translator: Translator, lang_state: gr.State, 
         return workers_table(lang, rows_now), choices, now
 
     def on_release(name: str, lang: str, request: gr.Request):
+        refuse_unless_admin(access, request, lang)
         lang = request_language(lang, request)
         try:
             report = worker.release_vram(timeout=3600, worker=name or None)
@@ -285,6 +299,7 @@ def build_workers_section(worker, translator: Translator, lang_state: gr.State, 
         return release_message(lang, report), workers_table(lang, rows(request))
 
     def on_restart(name: str, lang: str, request: gr.Request):
+        refuse_unless_admin(access, request, lang)
         lang = request_language(lang, request)
         restarted = worker.restart_worker(name or None)
         message = t(lang, "cluster_restarted", workers=", ".join(restarted)) if restarted else t(lang, "cluster_none")

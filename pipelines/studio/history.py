@@ -192,7 +192,8 @@ class History:
                 continue
             moved.append(_move_free(path, trash / path.name))
         self._cache.pop(entry.sidecar, None)
-        logger.info("History: moved %d file(s) of %s to %s", len(moved), key, trash)
+        logger.info("History: moved %d file(s) of %s to %s", len(moved), key, trash,
+                    extra={"owner": entry.owner})  # the live log shows a file name to its owner only
         return moved
 
     def _shared_files(self, entry: HistoryEntry) -> set[Path]:
@@ -201,8 +202,8 @@ class History:
         mine = set(entry.files)
         return {path for other in others for path in other.files if path in mine}
 
-    def thumbnail(self, entry: HistoryEntry) -> Path | None:
-        """A small JPEG of the clip's middle frame, made once with ffmpeg and cached; None without a clip."""
+    def thumbnail_path(self, entry: HistoryEntry) -> Path | None:
+        """Where the clip's thumbnail is (or will be) cached; None without a clip."""
         if entry.video is None:
             return None
         try:
@@ -210,7 +211,13 @@ class History:
         except OSError:
             return None
         digest = hashlib.sha1(f"{entry.video}:{stat.st_mtime_ns}:{stat.st_size}".encode()).hexdigest()[:20]
-        target = self.outputs_dir / THUMBNAILS / f"{digest}.jpg"
+        return self.outputs_dir / THUMBNAILS / f"{digest}.jpg"
+
+    def thumbnail(self, entry: HistoryEntry) -> Path | None:
+        """A small JPEG of the clip's middle frame, made once with ffmpeg and cached; None without a clip."""
+        target = self.thumbnail_path(entry)
+        if target is None:
+            return None
         if target.is_file():
             return target
         from ..media.ffmpeg import ffmpeg_exe

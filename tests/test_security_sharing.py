@@ -1,0 +1,166 @@
+"""A studio shared on a network: hashed users from ``scripts/users.py``, login throttling, admins and
+creators, each user's files and log lines their own.
+
+One ``python app.py --demo`` serves four users of a users file written by ``scripts/users.py``: ana
+(admin), bo and cy (creators), dan (creator, whose logins the throttle tests lock). Short lockouts
+(``--login-lockout 2 --login-max-lockout 4``) keep the throttle test quick.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import ROOT, start_app, stop_app
+from tests.test_security import call, silent_wav, upload
+from ui.auth_guard import client_address
+
+PASSWORDS = {"ana": "ana-pass-1234", "bo": "bo-pass-5678", "cy": "cy-pass-9012", "dan": "dan-pass-3456"}
+ROLES = {"ana": "admin", "bo": "creator", "cy": "creator", "dan": "creator"}
+T2V = dict(model_id="wan2.1-t2v-1.3b", preset_name="Preview", res="240p", asp="16:9", n_frames=5, seconds=0,
+           n_steps=1, seed_value=7, n_clips=1)
+
+
+def add_user(users: Path, name: str) -> subprocess.CompletedProcess:
+    """``scripts/users.py add`` with the password on standard input, as a script would."""
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "users.py"), "add", name, "--role", ROLES[name],
+                           "--file", str(users)], input=PASSWORDS[name] + "\n", capture_output=True, text=True,
+                          timeout=60, check=True)
+
+
+@pytest.fixture(scope="module")
+def shared_app(tmp_path_factory, data_dir):
+    folder = tmp_path_factory.mktemp("shared")
+    users = folder / "users.txt"
+    for name in PASSWORDS:
+        add_user(users, name)
+    served = start_app(folder, data_dir, "--auth-file", str(users), "--login-failures", "3",
+                       "--login-lockout", "2", "--login-max-lockout", "4")
+    served.users = users
+    yield served
+    stop_app(served)
+
+
+def login(served, user: str, password: str | None = None, headers: dict | None = None) -> httpx.Response:
+    client = httpx.Client(base_url=served.url, timeout=120)
+    return client.post("/login", data={"username": user, "password": password or PASSWORDS[user]},
+                       headers=headers or {})
+
+
+def session(served, user: str) -> httpx.Client:
+    client = httpx.Client(base_url=served.url, timeout=120)
+    answer = client.post("/login", data={"username": user, "password": PASSWORDS[user]})
+    assert answer.status_code == 200, answer.text
+    return client
+
+
+def log_of(client: httpx.Client) -> list[str]:
+    """The live log's lines as the ``/log`` API gives them to this user."""
+    event, outputs = call(client, "log")
+    assert event == "complete", outputs
+    return outputs[0]
+
+
+def test_the_users_file_holds_no_plain_password_and_its_users_log_in(shared_app):
+    text = shared_app.users.read_text(encoding="utf-8")
+    assert all(password not in text for password in PASSWORDS.values())
+    assert text.count(":$scrypt$n=") == len(PASSWORDS) and ":admin" in text and ":creator" in text
+    assert login(shared_app, "bo").status_code == 200
+    assert login(shared_app, "bo", "bo-pass-wrong").status_code == 400
+    assert login(shared_app, "nobody", "whatever-123").status_code == 400
+
+
+def test_wrong_passwords_lock_one_user_from_one_address_for_growing_waits(shared_app):
+    statuses, waits = [], []
+    for attempt in range(40):
+        answer = login(shared_app, "dan", f"wrong-{attempt}-guess")
+        statuses.append(answer.status_code)
+        if answer.status_code == 429:
+            waits.append(int(answer.headers["retry-after"]))
+        else:
+            assert answer.status_code == 400, answer.text
+    assert statuses[:3] == [400, 400, 400] and statuses[3] == 429  # the 4th is refused unchecked
+    assert statuses.count(429) >= 30 and waits[0] == 2  # the first lockout: 2 s
+    while (answer := login(shared_app, "dan", "wrong-again-guess")).status_code == 429:  # wait the lock out
+        time.sleep(int(answer.headers["retry-after"]))
+    assert answer.status_code == 400  # checked and wrong: locked again at once, for longer
+    # While locked the right password is refused too; so is the right password with a forged address.
+    refused = login(shared_app, "dan")
+    assert refused.status_code == 429 and int(refused.headers["retry-after"]) > waits[0]
+    assert "try again" in refused.json()["detail"]
+    assert login(shared_app, "dan", headers={"X-Forwarded-For": "10.1.2.3"}).status_code == 429
+    # Another user from the same address is not locked out.
+    assert login(shared_app, "cy").status_code == 200
+    # After the wait the right password is accepted.
+    deadline = time.time() + 60
+    while (answer := login(shared_app, "dan")).status_code == 429:
+        assert time.time() < deadline
+        time.sleep(int(answer.headers["retry-after"]))
+    assert answer.status_code == 200
+    # Each lockout was logged with the user and the address, never the password tried.
+    text = shared_app.log.read_text(encoding="utf-8")
+    locked = [line for line in text.splitlines() if "Login locked" in line]
+    assert len(locked) >= 2 and all("'dan'" in line and "127.0.0.1" in line for line in locked)
+    assert "Login locked for 2 s" in locked[0] and "Login locked for 4 s" in locked[-1]
+    assert "wrong-" not in text
+
+
+def test_forwarded_addresses_count_only_from_a_trusted_proxy():
+    headers = [(b"x-forwarded-for", b"203.0.113.9, 10.0.0.2")]
+    scope = {"client": ("10.0.0.2", 5555), "headers": headers}
+    assert client_address(scope, frozenset()) == "10.0.0.2"  # forged or not: ignored without --trusted-proxy
+    assert client_address(scope, frozenset({"10.0.0.2"})) == "203.0.113.9"
+    assert client_address({"client": ("10.0.0.7", 1), "headers": headers}, frozenset({"10.0.0.2"})) == "10.0.0.7"
+
+
+def test_a_creator_cannot_use_the_admin_controls(shared_app):
+    bo, ana = session(shared_app, "bo"), session(shared_app, "ana")
+    for api_name in ("restart", "release_vram", "benchmark", "doctor"):
+        event, message = call(bo, api_name)
+        assert event == "error" and "admin is needed" in str(message), (api_name, message)
+    event, outputs = call(ana, "release_vram")
+    assert event == "complete" and outputs
+    refused = bo.post("/models/download", json={"model": "wan2.1-t2v-1.3b"})  # the Models page's routes
+    assert refused.status_code == 403 and "admin is needed" in refused.text
+    assert ana.post("/models/download", json={"model": "wan2.1-t2v-1.3b"}).status_code != 403
+    assert call(bo, "status")[0] == "complete"  # the app goes on
+
+
+def test_each_users_files_uploads_and_log_lines_are_their_own(shared_app):
+    bo, cy, ana = session(shared_app, "bo"), session(shared_app, "cy"), session(shared_app, "ana")
+    prompt = "bo-private-prompt-5151"
+    event, outputs = call(bo, "t2v", {**T2V, "prompt_text": prompt})
+    assert event == "complete", outputs
+    sidecar = json.loads(outputs[-1])
+    folder = shared_app.outputs / sidecar["created"][:10]
+    clip = next(folder.glob(f"*_t2v_{T2V['seed_value']}.mp4"))
+    spoken = upload(bo, "bo-private-talk.wav", silent_wav())
+    event, outputs = call(bo, "asr", {"files": [spoken], "microphone": None})
+    assert event == "complete", outputs
+    transcripts = [Path(f["path"]) for f in outputs[-2]]
+    transcript = next(folder / p.name for p in transcripts if p.suffix == ".txt")
+    files = [clip, clip.with_suffix(".json"), transcript, Path(spoken["path"])]
+    served_copies = [Path(f["path"]) for f in outputs[-2]]  # Gradio's copies of bo's outputs, in its cache
+    for path in [*files, *served_copies]:
+        url = f"/gradio_api/file={path.resolve()}"
+        assert bo.get(url).status_code == 200, path
+        assert cy.get(url).status_code in (403, 404), path
+        assert cy.get(f"/file={path.resolve()}").status_code in (403, 404), path
+    for path in files[:3]:
+        assert ana.get(f"/gradio_api/file={path.resolve()}").status_code == 200  # an admin reads everyone's
+    # cy cannot transcribe bo's upload either: a call naming it is refused before it runs.
+    answer = cy.post("/gradio_api/call/asr", json={"data": [[spoken], None]})
+    assert answer.status_code == 403
+    # The live log: bo reads his job's lines, cy none of them, nor bo's prompt or file names.
+    job_lines = [line for line in log_of(bo) if sidecar["job_id"] in line]
+    assert job_lines and "bo-private-talk" in "\n".join(log_of(bo)), "bo's log shows his own jobs"
+    seen_by_cy = "\n".join(log_of(cy))
+    assert sidecar["job_id"] not in seen_by_cy and prompt not in seen_by_cy
+    assert "bo-private-talk" not in seen_by_cy and clip.name not in seen_by_cy
+    assert sidecar["job_id"] in "\n".join(log_of(ana))
