@@ -92,6 +92,21 @@ def test_bad_input_is_said_by_generate_without_error_badges(page):
     shoot(page, "en-desktop")
 
 
+def test_speech_and_batch_errors_are_said_in_place(page):
+    """The other tabs answer bad input the same way: words in their status line, no badges, no toasts."""
+    page.get_by_role("tab", name="Speech to text").click()
+    page.locator("#asr-run").click()
+    expect(page.locator("#asr-status")).to_contain_text("⚠", timeout=10_000)
+    page.get_by_role("tab", name="Batch").click()
+    page.locator("#batch-text textarea").fill("")
+    page.locator("#batch-queue").click()
+    expect(page.locator("#batch-status")).to_contain_text("⚠", timeout=10_000)
+    page.wait_for_timeout(500)
+    assert page.get_by_text("Error", exact=True).count() == 0, "an Error badge or toast for bad input"
+    assert page.locator('[data-testid="toast-body"]').count() == 0
+    page.get_by_role("tab", name="Text to video").click()
+
+
 def test_chinese_page_has_no_gradio_english(browser, served_app):
     """The app's language button, not the browser's, sets Gradio's own texts too."""
     context = browser.new_context(locale="en-US", viewport=VIEWPORT)

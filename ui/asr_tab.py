@@ -24,7 +24,7 @@ from pipelines.families.catalogue import DEFAULT_MODEL, get_spec, models_for
 from .i18n import Translator, error_text, request_language, t
 from .i18n import model_note as catalogue_note
 from .identity import cancel_handler, owner_of
-from .job_status import follow_job
+from .job_status import follow_job, page_twin
 
 
 def language_choices(lang: str) -> list[tuple[str, str]]:
@@ -156,7 +156,8 @@ def build_asr_tab(worker, settings, translator: Translator, lang_state: gr.State
             with gr.Row():
                 run_button = translator.bind(gr.Button(t("en", "asr_run"), variant="primary", elem_id="asr-run"),
                                              value="asr_run")
-                stop = translator.bind(gr.Button(t("en", "asr_stop"), variant="stop", elem_id="asr-stop"), value="asr_stop")
+                stop = translator.bind(gr.Button(t("en", "asr_stop"), variant="stop", elem_id="asr-stop", interactive=False),
+                                       value="asr_stop")
         with gr.Column(scale=4):
             status = gr.Markdown("", elem_id="asr-status")
             detected = translator.bind(
@@ -231,7 +232,7 @@ def build_asr_tab(worker, settings, translator: Translator, lang_state: gr.State
             outputs.append(result["zip"])
         folder = str(Path(done[-1]["files"]["json"]).parent)
         message = t(lang, "asr_status_done", ok=len(done), count=len(result["files"]),
-                    seconds=(job.finished or time.time()) - job.created, folder=folder)
+                    seconds=(job.finished or time.time()) - (job.started or job.created), folder=folder)
         if failures:
             message += "\n\n" + t(lang, "asr_status_failed_files") + "\n" + "\n".join(f"- {f}" for f in failures)
         notes = [n for n in result.get("notes", [])] + [n for e in done for n in e.get("notes", [])]
@@ -242,15 +243,15 @@ def build_asr_tab(worker, settings, translator: Translator, lang_state: gr.State
         yield (message, "", _language_lines(lang, result["files"], asr_request.language), _transcript(result["files"]),
                outputs, json.dumps(sidecar, indent=2, ensure_ascii=False))
 
-    run_button.click(
-        run,
-        [files, microphone, model, language, task, mode, batch, words, line_chars, lines, cue_seconds, tokens, lang_state],
-        [status, job_id, detected, transcript, downloads, recorded],
-        api_name="asr",
-        concurrency_limit=32,  # handlers only wait on the GPU worker's own queue, which runs one job at a time
-        concurrency_id="asr-wait",
-        show_progress="minimal",
-    )
+    inputs = [files, microphone, model, language, task, mode, batch, words, line_chars, lines, cue_seconds, tokens,
+              lang_state]
+    outputs = [status, job_id, detected, transcript, downloads, recorded]
+    # The API raises its errors (a hidden trigger); the page writes them in the status line and arms Stop.
+    api_trigger = gr.Button(visible=False)
+    api_trigger.click(run, inputs, outputs, api_name="asr", concurrency_limit=32, concurrency_id="asr-wait",
+                      show_progress="minimal")  # handlers only wait on the GPU worker's queue (one job at a time)
+    run_button.click(page_twin(run, len(outputs)), inputs, [*outputs, stop], api_visibility="private",
+                     concurrency_limit=32, concurrency_id="asr-wait", show_progress="hidden")
 
     cancel = cancel_handler(worker)
 

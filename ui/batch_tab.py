@@ -23,7 +23,7 @@ from pipelines.tasks.t2v import presets_for as t2v_presets_for
 
 from .i18n import Translator, error_text, request_language, t
 from .identity import check_owner, owner_of
-from .job_status import POLL_SECONDS, job_status
+from .job_status import POLL_SECONDS, job_status, page_twin
 
 KEPT_BATCHES = 50  # batches the tab remembers for its live tables and Stop all
 # Both tables (the check's four columns, the jobs' five) in one component; the jobs' output column is a link.
@@ -205,7 +205,11 @@ def build_batch_tab(worker, settings, translator: Translator, lang_state: gr.Sta
         return message, check_table(lang, plan)
 
     inputs = [task, text, upload, model, preset, seed, policy, image, lang_state]
-    check.click(check_rows, inputs, [status, table], api_name="batch_check", show_progress="minimal")
+    # The API's events raise their errors (hidden triggers); the page's write them in the status line, in words.
+    api_check, api_queue = gr.Button(visible=False), gr.Button(visible=False)
+    api_check.click(check_rows, inputs, [status, table], api_name="batch_check", show_progress="minimal")
+    check.click(page_twin(check_rows, 2, stop=False), inputs, [status, table], api_visibility="private",
+                show_progress="hidden")
 
     def remember(run: batches.BatchRun, labels: list[str]) -> None:
         with runs_lock:
@@ -244,13 +248,15 @@ def build_batch_tab(worker, settings, translator: Translator, lang_state: gr.Sta
         outputs = [path for outcome in run.outcomes() for path in outcome.outputs]
         yield progress_line(lang, run), jobs_table(lang, run, labels, worker), run.id, outputs or None
 
-    queue.click(
+    api_queue.click(
         queue_rows, inputs, [status, table, batch_id, files],
         api_name="batch_queue",
         concurrency_limit=32,  # handlers only wait on the GPU worker's own queue, which runs one job at a time
         concurrency_id="batch-wait",
         show_progress="minimal",
     )
+    queue.click(page_twin(queue_rows, 4, stop=False), inputs, [status, table, batch_id, files],
+                api_visibility="private", concurrency_limit=32, concurrency_id="batch-wait", show_progress="hidden")
 
     def stop_all(current_batch: str, lang: str, request: gr.Request) -> str:
         """Stop every job of the page's batch: queued ones at once, the running one at its next step."""
@@ -268,14 +274,21 @@ def build_batch_tab(worker, settings, translator: Translator, lang_state: gr.Sta
 
     stop.click(stop_all, [batch_id, lang_state], [status], api_name="batch_cancel", queue=False)
 
-    def relabel(lang: str, task_name: str, policy_value: str, current_batch: str):
+    def relabel(lang: str, task_name: str, policy_value: str, current_batch: str, shown=None):
         with runs_lock:
             entry = runs.get(current_batch or "")
         return (
             gr.update(choices=task_choices(lang), value=task_name),
             gr.update(choices=policy_choices(lang), value=policy_value),
-            jobs_table(lang, entry[0], entry[1], worker) if entry else gr.skip(),
+            jobs_table(lang, entry[0], entry[1], worker) if entry else relabel_check(lang, shown),
             t(lang, "batch_intro", folder=folder),
         )
 
-    return [(relabel, [lang_state, task, policy, batch_id], [task, policy, table, intro])]
+    return [(relabel, [lang_state, task, policy, batch_id, table], [task, policy, table, intro])]
+
+
+def relabel_check(lang: str, shown) -> dict:
+    """The check table as shown (its rows kept), with its headers in ``lang``."""
+    rows = shown.values.tolist() if hasattr(shown, "values") else []
+    headers = [t(lang, f"batch_col_{name}") for name in ("row", "what", "check", "settings")]
+    return _table(headers, [row for row in rows if any(str(cell).strip() for cell in row)])

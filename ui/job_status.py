@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import time
 
 import gradio as gr
@@ -57,21 +58,30 @@ def done_message(lang: str, job, count: int, folder: str) -> str:
     return text
 
 
-def page_twin(run, count: int):
-    """The page's own version of a tab's job generator ``run`` (whose API version raises ``gr.Error``).
+def page_twin(run, count: int, stop: bool = True):
+    """The page's own version of a tab's handler ``run`` (a function or generator whose API version raises
+    ``gr.Error``).
 
-    ``run`` yields ``count`` outputs, the first the tab's status line; the twin yields one more, the tab's Stop
-    button, enabled only while the job runs. An error (bad input or a failed job) is written into the status
-    line, next to Generate, in words, instead of a toast that marks every output with an "Error" badge.
+    ``run`` returns or yields ``count`` outputs, the first the tab's status line. An error (bad input or a failed
+    job) is written into that status line, in words, instead of a toast that marks every output with an "Error"
+    badge. With ``stop`` the twin yields one more output, the tab's Stop button, enabled only while the job runs.
     """
+
     def twin(*args, request: gr.Request = None):
         skip = gr.skip()
+
+        def armed(update):
+            return (update,) if stop else ()
+
         try:
-            for index, values in enumerate(run(*args, request=request)):
-                yield (*values, gr.update(interactive=True) if index == 0 else skip)
+            result = run(*args, request=request)
+            for index, values in enumerate(result if inspect.isgenerator(result) else [result]):
+                values = values if isinstance(values, tuple) else (values,)
+                yield (*values, *armed(gr.update(interactive=True) if index == 0 else skip))
         except gr.Error as error:
-            yield (f"⚠ {error.message}", *[skip] * (count - 1), gr.update(interactive=False))
+            yield (f"⚠ {error.message}", *[skip] * (count - 1), *armed(gr.update(interactive=False)))
             return
-        yield (*[skip] * count, gr.update(interactive=False))
+        if stop:
+            yield (*[skip] * count, gr.update(interactive=False))
 
     return twin
