@@ -2,8 +2,8 @@
 waits that double at each new lockout; a looser cap per address stops one machine trying many names.
 
 While locked, no password is checked at all (the right one is refused too), so a lockout costs a guesser
-time and tells nothing. A successful login clears its pair's count. Entries idle longer than the longest
-wait are forgotten, so the table stays small.
+time and tells nothing. A successful login clears its pair's count; counts with no failure for longer
+than the longest wait start afresh (a team behind one address is not punished for last week's typos).
 """
 
 from __future__ import annotations
@@ -63,6 +63,8 @@ class LoginThrottle:
             place = self._addresses.setdefault(address, _Record())
             started = None
             for record, limit, whole in ((place, self.address_failures, True), (pair, self.max_failures, False)):
+                if now - max(record.last, record.until) > self.max_lockout_s:  # quiet for long: a fresh start
+                    record.failures = record.lockouts = 0
                 record.failures += 1
                 record.last = now
                 if record.failures >= limit:
