@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..families.catalogue import get_spec
+from ..families.catalogue import family_of, get_spec
 from .workloads import Workload
 
 logger = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ def _plain_video_pipeline(spec, settings, device: str, dtype: str):
 
         pipe = build_random_pipeline(spec.id, device, _torch_dtype(dtype))
     else:
-        folder, _ = resolve_source(spec, settings)
+        folder, _ = resolve_source(spec, settings, family_of(spec))  # --demo: the family's tiny build
         pipe = getattr(diffusers, spec.pipeline_class).from_pretrained(folder, dtype=_torch_dtype(dtype)).to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe, time.perf_counter() - started
@@ -77,7 +77,6 @@ def baseline_t2v(settings, device: str, dtype: str, workload: Workload, repeat: 
     """The same clip with diffusers' defaults: ``from_pretrained(...).to(device)`` and one ``pipe(...)`` call."""
     import torch
 
-    from ..families.catalogue import family_of
     from ..tasks.t2v import validate_t2v
 
     request = validate_t2v(workload.request, demo=settings.demo)
@@ -95,6 +94,7 @@ def baseline_t2v(settings, device: str, dtype: str, workload: Workload, repeat: 
             num_inference_steps=request.steps,
             guidance_scale=request.guidance,
             generator=torch.Generator("cpu").manual_seed(request.seed),
+            output_type="np",  # float frames for the mp4 write (some pipelines default to PIL)
             **extra,
         ).frames[0]
         _write_frames(frames, out_dir / f"baseline_{index}.mp4", request.fps)
@@ -111,7 +111,6 @@ def baseline_i2v(settings, device: str, dtype: str, workload: Workload, repeat: 
     import torch
     from PIL import Image
 
-    from ..families.catalogue import family_of
     from ..tasks.i2v import validate_i2v
 
     spec = get_spec(workload.model)
@@ -125,7 +124,8 @@ def baseline_i2v(settings, device: str, dtype: str, workload: Workload, repeat: 
         frames = pipe(
             prompt=request.prompt, image=image, negative_prompt=request.negative_prompt, height=request.height,
             width=request.width, num_frames=request.frames, num_inference_steps=request.steps,
-            guidance_scale=request.guidance, generator=torch.Generator("cpu").manual_seed(request.seed), **extra,
+            guidance_scale=request.guidance, generator=torch.Generator("cpu").manual_seed(request.seed),
+            output_type="np", **extra,
         ).frames[0]
         _write_frames(frames, out_dir / f"baseline_i2v_{index}.mp4", request.fps)
 
