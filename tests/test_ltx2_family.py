@@ -147,3 +147,55 @@ def base_transformer():
     from pipelines.families import base
 
     return base.meta_component("ltx2-t2v", "transformer")
+
+
+def _shrunk(config_for):
+    """``config_for`` with LTX-2's JSON shrunk to a few narrow layers (the latent and mel layouts kept)."""
+
+    def tiny(model_id: str) -> dict:
+        config = config_for(model_id)
+        config["transformer"]["config"].update(num_attention_heads=2, attention_head_dim=8, cross_attention_dim=16,
+                                               audio_num_attention_heads=2, audio_attention_head_dim=4,
+                                               audio_cross_attention_dim=8, num_layers=2, caption_channels=32)
+        config["connectors"]["config"].update(caption_channels=32, text_proj_in_factor=3,
+                                              video_connector_num_attention_heads=4, video_connector_attention_head_dim=8,
+                                              video_connector_num_layers=1, audio_connector_num_attention_heads=4,
+                                              audio_connector_attention_head_dim=8, audio_connector_num_layers=1)
+        config["text_encoder"]["config"]["text_config"].update(hidden_size=32, intermediate_size=32, num_hidden_layers=2,
+                                                               num_attention_heads=2, num_key_value_heads=1, head_dim=8,
+                                                               query_pre_attn_scalar=8)
+        config["text_encoder"]["config"]["vision_config"].update(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                                                 num_attention_heads=2, image_size=28)
+        config["text_encoder"]["config"]["mm_tokens_per_image"] = 4
+        config["vae"]["config"].update(block_out_channels=[8, 16, 32, 64], decoder_block_out_channels=[8, 16, 32],
+                                       layers_per_block=[1, 1, 1, 1, 1], decoder_layers_per_block=[1, 1, 1, 1])
+        config["audio_vae"]["config"].update(num_res_blocks=1)  # base_channels = latent channels x mel bins / 4
+        config["vocoder"]["config"].update(hidden_channels=64, resnet_kernel_sizes=[3], resnet_dilations=[[1, 3, 5]])
+        return config
+
+    return tiny
+
+
+def test_random_weights_build_runs_through_the_worker(tmp_path, data_dir, monkeypatch):
+    """``--random-weights`` builds LTX-2 from its shipped JSON (here shrunk) and a job writes video and sound."""
+    import pipelines.bench.random_weights as random_weights
+    from pipelines.device.worker import GPUWorker
+    from pipelines.studio.settings import Settings
+    from pipelines.tasks.t2v import T2VRequest
+    from tests.conftest import wait_finished
+
+    monkeypatch.setattr(random_weights, "config_for", _shrunk(random_weights.config_for))
+    settings = Settings(outputs_dir=tmp_path / "outputs", data_dir=data_dir, random_weights=True, device="cpu")
+    worker = GPUWorker(settings)
+    worker.start()
+    try:
+        assert worker.wait_ready(60)
+        request = T2VRequest(prompt="a dog", model="ltx2-t2v", preset="Preview", resolution="480p", frames=9, steps=2,
+                             guidance=4.0, fps=24, seed=3)
+        job = wait_finished(worker.submit("t2v", request), 300)
+    finally:
+        worker.stop()
+    assert job.state.value == "done", job.error
+    sidecar = json.loads(open(job.result["clips"][0]["sidecar"], encoding="utf-8").read())
+    assert sidecar["model"]["random_weights"] and sidecar["output"]["has_audio"] is True
+    assert (sidecar["output"]["width"], sidecar["output"]["height"]) == (832, 480)
