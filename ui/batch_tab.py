@@ -50,6 +50,11 @@ def preset_names(task: str, model_id: str, demo: bool) -> list[str]:
     return []
 
 
+def preset_labels(lang: str, names: list[str]) -> list[tuple[str, str]]:
+    """Preset choices: the name in ``lang`` shown, the catalogue's name as the value."""
+    return [(t(lang, f"preset_{name}"), name) for name in names]
+
+
 def default_preset(task: str, model_id: str, demo: bool) -> str:
     names = preset_names(task, model_id, demo)
     if not names:
@@ -130,7 +135,7 @@ def build_batch_tab(worker, settings, translator: Translator, lang_state: gr.Sta
                     label="batch_model",
                 )
                 preset = translator.bind(
-                    gr.Dropdown(preset_names("t2v", start_model, demo), value=default_preset("t2v", start_model, demo),
+                    gr.Dropdown(preset_labels("en", preset_names("t2v", start_model, demo)), value=default_preset("t2v", start_model, demo),
                                 label=t("en", "batch_preset"), allow_custom_value=True),
                     label="batch_preset",
                 )
@@ -156,24 +161,26 @@ def build_batch_tab(worker, settings, translator: Translator, lang_state: gr.Sta
 
     # --- settings follow the task and model ------------------------------------------------------------
 
-    def on_task(task_name: str):
+    def on_task(task_name: str, lang: str):
         model_id = DEFAULT_MODEL.get(task_name, start_model)
         names = preset_names(task_name, model_id, demo)
         return (
             gr.update(choices=[(s.title, s.id) for s in models_for(task_name)], value=model_id),
-            gr.update(choices=names, value=default_preset(task_name, model_id, demo), visible=bool(names)),
+            gr.update(choices=preset_labels(lang, names), value=default_preset(task_name, model_id, demo),
+                      visible=bool(names)),
             gr.update(visible=task_name != "asr"),
             gr.update(visible=task_name != "asr"),
             gr.update(visible=task_name == "i2v"),
         )
 
-    def on_model(task_name: str, model_id: str):
+    def on_model(task_name: str, model_id: str, lang: str):
         names = preset_names(task_name, model_id, demo)
-        return gr.update(choices=names, value=default_preset(task_name, model_id, demo), visible=bool(names))
+        return gr.update(choices=preset_labels(lang, names), value=default_preset(task_name, model_id, demo),
+                         visible=bool(names))
 
     private = dict(api_visibility="private", show_progress="hidden")
-    task.input(on_task, [task], [model, preset, seed, policy, image], **private)
-    model.input(on_model, [task, model], [preset], **private)
+    task.input(on_task, [task, lang_state], [model, preset, seed, policy, image], **private)
+    model.input(on_model, [task, model, lang_state], [preset], **private)
 
     # --- check and queue -------------------------------------------------------------------------------
 
@@ -274,17 +281,18 @@ def build_batch_tab(worker, settings, translator: Translator, lang_state: gr.Sta
 
     stop.click(stop_all, [batch_id, lang_state], [status], api_name="batch_cancel", queue=False)
 
-    def relabel(lang: str, task_name: str, policy_value: str, current_batch: str, shown=None):
+    def relabel(lang: str, task_name: str, policy_value: str, current_batch: str, shown=None, model_id=None):
         with runs_lock:
             entry = runs.get(current_batch or "")
         return (
+            gr.update(choices=preset_labels(lang, preset_names(task_name, model_id or start_model, demo))),
             gr.update(choices=task_choices(lang), value=task_name),
             gr.update(choices=policy_choices(lang), value=policy_value),
             jobs_table(lang, entry[0], entry[1], worker) if entry else relabel_check(lang, shown),
             t(lang, "batch_intro", folder=folder),
         )
 
-    return [(relabel, [lang_state, task, policy, batch_id, table], [task, policy, table, intro])]
+    return [(relabel, [lang_state, task, policy, batch_id, table, model], [preset, task, policy, table, intro])]
 
 
 def relabel_check(lang: str, shown) -> dict:

@@ -12,7 +12,7 @@ from pipelines.tasks.i2v import resolutions_for, uses_flow_shift, validate_i2v
 from pipelines.media.images import aspect_value, fit_image, last_frame, output_size, thumbnail
 from pipelines.studio.jobs import JobState, RequestError
 from pipelines.studio.paths import user_file
-from pipelines.families.catalogue import DEFAULT_MODEL, get_spec, models_for
+from pipelines.families.catalogue import DEFAULT_MODEL, family_of, get_spec, models_for
 from pipelines.families.spec import I2V_MAX_AREA
 
 from .i18n import Translator, error_text, request_language, t
@@ -251,6 +251,21 @@ def build_i2v_tab(worker, settings, translator: Translator, lang_state: gr.State
     note_inputs = [image, model, resolution, aspect, fit, frames, fps, lang_state]
     for component in (image, model, resolution, aspect, fit, frames, fps):
         component.change(note_for, note_inputs, [note, frame], **private)
+
+    def frames_for(model_id, seconds, frame_rate):
+        """Duration typed: the frame count it gives under the model's rule (Wan: 4n+1), shown at once."""
+        try:
+            spec, family = get_spec(model_id), family_of(model_id)
+            wanted = round(float(seconds) * int(frame_rate or spec.fps))
+            if wanted <= 0:
+                return gr.skip()
+            return family.fit_frames(spec, min(spec.max_frames, max(family.MIN_FRAMES, wanted)))[0]
+        except (ValueError, TypeError, AttributeError):
+            return gr.skip()
+
+    duration.input(frames_for, [model, duration, fps], frames, **private)
+    fps.input(frames_for, [model, duration, fps], frames, **private)
+    frames.input(lambda: 0, None, duration, **private)  # frames typed: they rule
 
     # --- continue from an earlier clip ----------------------------------------------------------------
 
