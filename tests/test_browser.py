@@ -187,6 +187,8 @@ def test_no_request_leaves_localhost(finished_job):
     """From opening the page through the job (and a look at the System tab), the browser asks only this machine."""
     page = finished_job.page
     page.get_by_role("tab", name="System").click()
+    expect(page.locator("#cs-system-table")).to_contain_text("Models in memory", timeout=10_000)  # a table to read
+    page.locator("#cs-system-json").get_by_text("As JSON").click()  # the JSON one click away
     expect(page.locator("#cs-system-info")).to_contain_text('"device"', timeout=10_000)
     page.get_by_role("tab", name="Text to video").click()
     assert finished_job.urls, "no request was recorded"

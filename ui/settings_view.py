@@ -52,3 +52,38 @@ def settings_table(recorded: str | None, lang: str) -> str:
         rows.append((t(lang, "settings_time"), f"{sum(timings.values()):.1f} s"))
     head = f"| {t(lang, 'settings_table_setting')} | {t(lang, 'settings_table_value')} |\n| --- | --- |\n"
     return head + "\n".join(f"| {_cell(name)} | {_cell(value)} |" for name, value in rows)
+
+
+SYSTEM_LABELS = {
+    "en": {"device": "Device", "torch_device": "Torch device", "dtype": "Precision", "memory": "Memory",
+           "resident_models": "Models in memory", "queue": "Jobs waiting", "outputs": "Outputs folder",
+           "offload": "Offload", "attention": "Attention", "vae_tiling": "VAE in tiles",
+           "gpu_memory_budget_gb": "GPU memory budget (GB)", "demo": "Demo models", "runtime": "Libraries"},
+    "zh": {"device": "设备", "torch_device": "Torch 设备", "dtype": "精度", "memory": "内存", "resident_models": "常驻模型",
+           "queue": "排队任务", "outputs": "输出文件夹", "offload": "卸载", "attention": "注意力实现",
+           "vae_tiling": "VAE 分块", "gpu_memory_budget_gb": "显存预算（GB）", "demo": "演示模型", "runtime": "库版本"},
+}
+
+
+def _plain(value) -> str:
+    """A JSON value in a line: dicts as ``key value`` pairs, lists of models by title, nothing as a dash."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_plain(v)}" for k, v in value.items() if v not in (None, "", [], {})) or "–"
+    if isinstance(value, list):
+        return ", ".join(_plain(v.get("title", v)) if isinstance(v, dict) else _plain(v) for v in value) or "–"
+    if isinstance(value, bool):
+        return "✓" if value else "–"
+    return "–" if value in (None, "") else str(value)
+
+
+def system_table(described: str | None, lang: str) -> str:
+    """The System tab's JSON (``describe``) as a two-column table in ``lang``; '' when it is not JSON."""
+    try:
+        data = json.loads(described or "")
+    except ValueError:
+        return ""
+    if not isinstance(data, dict):
+        return ""
+    labels = SYSTEM_LABELS["zh" if str(lang).startswith("zh") else "en"]
+    head = f"| {t(lang, 'settings_table_setting')} | {t(lang, 'settings_table_value')} |\n| --- | --- |\n"
+    return head + "\n".join(f"| {_cell(labels.get(key, key))} | {_cell(_plain(value))} |" for key, value in data.items())

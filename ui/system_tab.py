@@ -16,6 +16,7 @@ from pipelines.studio.jobs import RequestError
 from .i18n import Translator, error_text, normalise_language, request_language, t
 from .auth_access import refuse_unless_admin
 from .identity import sees_job
+from .settings_view import system_table
 
 # Restart asks first, in the page's language; yes clicks the hidden button that restarts.
 CONFIRM_RESTART_JS = """
@@ -79,8 +80,12 @@ def build_system_tab(worker, settings, controller, translator: Translator, lang_
     """The tab. Its controls are admins' (``access``): the handlers refuse others, and the controls are put
     in ``admin_only`` for the page to hide from them."""
     admin_only = admin_only if admin_only is not None else []
-    info = gr.Code(language="json", interactive=False, label="System", elem_id="cs-system-info")
+    summary = gr.Markdown(elem_id="cs-system-table")  # readable; the JSON one click away
+    with translator.bind(gr.Accordion("As JSON", open=False, elem_id="cs-system-json"), label="settings_json"):
+        info = gr.Code(language="json", interactive=False, label="System", elem_id="cs-system-info")
     translator.bind(info, label="system_info")
+    for event in (info.change, lang_state.change):
+        event(system_table, [info, lang_state], summary, api_visibility="private", show_progress="hidden")
     with gr.Row() as release_row:
         with gr.Column():
             release = translator.bind(gr.Button("Release VRAM", elem_id="cs-release"), value="release_vram")
