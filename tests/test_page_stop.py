@@ -26,3 +26,14 @@ def test_stop_at_the_last_step_keeps_the_clip(worker, settings, monkeypatch):
     assert [p.name for p in written] == [job.result["clips"][0]["video"].rsplit("/", 1)[-1]]
     assert "kept" in done_message("en", job, 1, str(written[0].parent))
     assert "保留" in done_message("zh", job, 1, str(written[0].parent))
+
+
+def test_job_time_counts_from_its_start_and_the_wait_is_shown_apart():
+    from pipelines.studio.jobs import Job
+
+    job = Job(task="t2v", request=None, created=100.0, started=111.5, finished=118.6)
+    message = done_message("en", job, 1, "outputs/today")
+    assert "in 7.1 s" in message and "11.5 s waiting" in message
+    assert "用时 7.1 秒" in done_message("zh", job, 1, "outputs/today")
+    prompt = Job(task="t2v", request=None, created=100.0, started=100.2, finished=107.3)
+    assert "waiting" not in done_message("en", prompt, 1, "outputs/today")  # no wait worth a word
