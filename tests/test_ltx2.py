@@ -121,3 +121,30 @@ def test_i2v_sizes_follow_the_image_at_multiples_of_32(tmp_path):
                                       frames=12, fps=24, steps=3, guidance=4.0), demo=True)
     assert request.width % 32 == 0 and request.height % 32 == 0 and request.height > request.width
     assert request.frames == 9 and any("12 became 9" in note for note in request.notes)
+
+
+def test_batch_rows_take_the_distilled_preset_and_its_rules(tmp_path):
+    from pipelines.studio.settings import Settings
+    from pipelines.tasks.batch import read_batch
+
+    settings = Settings(outputs_dir=tmp_path / "outputs", data_dir=tmp_path / "data")  # real presets, not --demo
+    text = "prompt,model,preset,frames\na fox at dawn,ltx2-t2v-distilled,distilled,\na fox at dusk,ltx2-t2v,,50\n"
+    plan = read_batch(text, "t2v", settings, fmt="csv")
+    first, second = (row.request for row in plan.rows)
+    assert (first.model, first.preset, first.steps, first.guidance, first.frames) == (
+        "ltx2-t2v-distilled", "Distilled", 8, 1.0, 121)
+    assert (first.width, first.height) == (832, 480)
+    assert second.frames == 49 and any("50 became 49" in note for note in second.notes)
+
+
+@needs_ffprobe
+def test_history_reuse_puts_the_clip_settings_back(client, served_app):
+    from pipelines.studio.history import History
+    from ui.history_tab import reuse_values
+
+    client.predict(**{**T2V, "seed_value": 14}, api_name="/t2v")
+    [entry] = [e for e in History(served_app.outputs).entries() if e.settings.get("seed") == 14]
+    fields = dict.fromkeys(["model", "preset", "frames", "steps", "guidance", "fps", "prompt"])
+    values = reuse_values(entry, fields, demo=False)
+    assert values["model"] == "ltx2-t2v-distilled" and values["steps"] == 8 and values["fps"] == 24
+    assert values["preset"]["value"] == "Distilled"  # the model's real presets hold it
