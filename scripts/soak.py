@@ -40,11 +40,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from pipelines.families.catalogue import DEFAULT_MODEL  # noqa: E402  (after the path is set)
 
-T2V = dict(model_id="wan2.1-t2v-1.3b", preset_name="Preview", prompt_text="a cat walking", negative_text="",
+T2V = dict(model_id=DEFAULT_MODEL["t2v"], preset_name="Preview", prompt_text="a cat walking", negative_text="",
            res="240p", asp="16:9", n_frames=9, seconds=0, n_steps=2, cfg=5.0, flow_shift=3.0, seed_value=1,
            frame_rate=16, n_clips=1)
-I2V = dict(last_path=None, model_id="i2vgen-xl", preset_name="Quick preview", prompt_text="a cat turns its head",
+I2V = dict(last_path=None, model_id=DEFAULT_MODEL["i2v"], preset_name="Quick preview", prompt_text="a cat turns its head",
            negative_text="", res="128p", asp="image", fit_mode="crop", n_frames=8, seconds=0, n_steps=2, cfg=9.0,
            flow_shift=0, seed_value=1, frame_rate=16, n_clips=1)
 ASR = dict(microphone=None, model="whisper-large-v3", language="auto", task="transcribe", mode="chunked",

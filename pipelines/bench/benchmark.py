@@ -8,7 +8,7 @@ workload as the plain library call in the same process, so every speed-up claime
 peak VRAM next to ours. For video, the denoising FLOPs are counted from the model's shapes
 (``pipelines.bench.flops``) and divided by the measured denoise time and the GPU's bf16 peak (the vendor's
 figure, and a large matmul measured on the machine): the fraction of peak reached. ``step_cache`` adds a
-variant of each Wan workload with the opt-in step cache, ``turbo`` a 4-step, guidance-1 workload (the
+variant of each workload with the opt-in step cache (families that have it), ``turbo`` a 4-step, guidance-1 workload (the
 Turbo settings); both change the output and the report says so.
 Results go to ``outputs/benchmarks/<time>_benchmark.{md,json}``. The workloads are in ``bench.workloads``,
 the plain calls in ``bench.baselines``, the report in ``bench.report``; this module runs them.

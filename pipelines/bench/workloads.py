@@ -127,7 +127,7 @@ def standard_workloads(demo: bool, tasks: tuple[str, ...] = ("t2v",), model: str
                        turbo: bool = False) -> list[Workload]:
     """Each task's presets (``model`` replaces the default model of its task); inputs made in ``scratch``.
     ``turbo``: a 4-step, guidance-1 text-to-video workload at 480p/81 frames (the Turbo settings; random or
-    base weights time the same as distilled ones). ``step_cache``: each Wan workload again with the step cache
+    base weights time the same as distilled ones). ``step_cache``: each workload of a family with the step cache again
     at that threshold."""
     workloads = []
     for task in tasks:

@@ -4,7 +4,7 @@ Output-preserving (the same seed gives the same frames within rounding; ``tests/
 
 - **fused QKV projections** (``--no-fuse-qkv`` turns off): one matmul for q, k and v. The original
   projections become views into the fused weight, so no memory is added.
-- **guidance batched with the conditional pass** (``--batch-guidance auto|on|off``): Wan's pipeline calls
+- **guidance batched with the conditional pass** (``--batch-guidance auto|on|off``): a transformer pipeline calls
   the transformer twice per step (with the prompt, then with the negative prompt); ``batched_guidance``
   runs both as one batch of two on the first call and hands back the second half on the second call. ``auto``
   batches at the levels that keep the transformer resident.
@@ -21,7 +21,7 @@ Changing the output (opt-in, listed under ``changes_output`` in the sidecar):
 
 - **step cache** (first-block cache, diffusers' ``FirstBlockCacheConfig``): when the first block's residual
   changed less than the threshold since the last full step, the other blocks are skipped and their last
-  residual reused. Wan transformers only.
+  residual reused. Families with ``STEP_CACHE`` only.
 - **fp8 weight storage** (``--fp8``, diffusers' layer-wise casting): weights in float8 e4m3, computed in the
   model's dtype; about half the transformer's memory.
 - the Turbo presets (step-distilled weights / LoRA, 4 steps, guidance 1) and SageAttention.
@@ -253,7 +253,7 @@ def _same_tensor(a, b) -> bool:
 
 @contextlib.contextmanager
 def batched_guidance(pipe, negative):
-    """While inside, the Wan transformer(s) run the conditional and the unconditional pass of a step as one
+    """While inside, the transformer(s) run the conditional and the unconditional pass of a step as one
     batch: the call with the prompt computes both and the call with ``negative`` that follows (same latents
     object) gets the stored second half. Any other call goes through unchanged. Yields counters."""
     import torch
@@ -308,7 +308,7 @@ def _output(sample, return_dict: bool):
 
 @contextlib.contextmanager
 def step_cache(pipe, threshold: float):
-    """First-block cache on the Wan transformer(s) for the duration of one denoising run; yields counters
+    """First-block cache on the transformer(s) for the duration of one denoising run; yields counters
     of full and cached transformer calls (counted at the first and the last block's feed-forward)."""
     stats = {"threshold": threshold, "full": 0, "cached": 0}
     if not threshold:

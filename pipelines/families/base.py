@@ -1,6 +1,6 @@
 """What a model family module provides: the one place the rest of the app asks about a family.
 
-A family is one module in ``pipelines/families/`` (``wan.py``, ``i2vgen_xl.py``, ``whisper.py``, ...) plus
+A family is one module in ``pipelines/families/`` (``wan.py``, ``whisper.py``, ... one per family) plus
 its architecture configs in ``assets/model_configs/<model id>.json``; ``catalogue.FAMILIES`` lists them.
 Generic code gets a family with ``catalogue.family_of(spec)`` and reads the names below; it never
 branches on a family's name and never imports a family's private (``_``) names. Families are plain
@@ -31,7 +31,7 @@ Requests and sizes
 ``fit_frames(spec, wanted) -> (frames, note or None)``
                     the frame count the model can make (Wan: ``4n + 1``, rounded with a note; free: as is)
 ``call_kwargs(request) -> dict``
-                    extra arguments of its pipeline call from a request (I2VGen-XL: ``target_fps``)
+                    extra arguments of its pipeline call from a request (e.g. ``target_fps``)
 Running a job (``pipe`` is the loaded diffusers pipeline)
 ``encode_prompt(pipe, request, guidance) -> (positive, negative or None)``
 ``denoise(pipe, request, embeds, seed, on_latents, job, inputs) -> latents``
@@ -40,6 +40,9 @@ Running a job (``pipe`` is the loaded diffusers pipeline)
                     the pipeline's image arguments (``image``, ``last_image``) or nothing (text to video)
 ``decode(pipe, latents, tiled) -> uint8 frames (F, H, W, 3)``
                     VAE decode, whole or in tiles (whatever "tiled" means for its VAE)
+``decode_audio(pipe, latents) -> (float samples (channels, n), sample rate)``
+                    optional, for a family that makes sound too: the mp4 gets an AAC track and the sidecar
+                    ``output.has_audio`` (families without it: silent clips, ``has_audio`` false)
 Device side
 ``FP32_COMPONENTS`` components loaded in fp32 whatever the dtype (a spec's ``extra["fp32_components"]`` wins)
 ``activation_bytes(pipe, shape, batched_guidance) -> int``, ``decode_bytes(pipe, shape, tiled) -> int``

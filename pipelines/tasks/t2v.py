@@ -23,7 +23,7 @@ from .video import MAX_CLIPS, MAX_PROMPT_CHARS, check_step_cache, clips_already_
 
 logger = logging.getLogger(__name__)
 
-# The default model's own negative prompt (Wan's, which it was tuned with).
+# The default model's own negative prompt (its family's, which it was tuned with).
 DEFAULT_NEGATIVE_PROMPT = family_of(DEFAULT_MODEL["t2v"]).NEGATIVE_PROMPT
 
 
