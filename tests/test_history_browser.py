@@ -32,6 +32,9 @@ def test_history_lists_plays_and_reuses_a_job(tmp_path, data_dir):
             page.get_by_role("tab", name="History").click()
             table = page.locator("#history-table")
             expect(table.locator("span").get_by_text(prompt)).to_be_visible(timeout=30_000)
+            page.locator("#history-reuse").click()  # nothing picked yet: said in the note, no badges, no toast
+            expect(page.locator("#history-note")).to_contain_text("⚠", timeout=10_000)
+            assert page.get_by_text("Error", exact=True).count() == 0
             thumbnail = table.locator("img:visible").first
             expect(thumbnail).to_be_visible()
             assert page.evaluate("img => img.naturalWidth", thumbnail.element_handle()) == 160, "a real JPEG loaded"

@@ -17,6 +17,7 @@ from pipelines.families.catalogue import get_spec
 
 from .i18n import Translator, error_text, request_language, t
 from .identity import check_owner
+from .job_status import page_twin
 
 TASK_TABS = {"t2v": "tab_t2v", "i2v": "i2v_tab", "asr": "asr_tab"}
 STATES = ("done", "failed", "cancelled", "queued", "running")
@@ -221,8 +222,13 @@ def build_history_tab(worker, settings, translator: Translator, lang_state: gr.S
         message = t(lang, "history_reused", tab=t(lang, TASK_TABS[entry.task]))
         return gr.Tabs(selected=entry.task), message, *updates
 
-    reuse.click(reuse_settings, [selected, lang_state], [tabs, note, *[c for _, _, c in form_components]],
-                api_name="history_reuse", show_progress="hidden")
+    # The API's events raise their errors (hidden triggers); the page's say them in the note, with no badges.
+    api_reuse, api_delete = gr.Button(visible=False), gr.Button(visible=False)
+    reuse_outputs = [tabs, note, *[c for _, _, c in form_components]]
+    api_reuse.click(reuse_settings, [selected, lang_state], reuse_outputs, api_name="history_reuse",
+                    show_progress="hidden")
+    reuse.click(page_twin(reuse_settings, len(reuse_outputs), stop=False, at=1), [selected, lang_state], reuse_outputs,
+                api_visibility="private", show_progress="hidden")
 
     def delete_entry(key: str, task_value, state_value, search_value, lang, request: gr.Request):
         lang = request_language(lang, request)
@@ -239,9 +245,11 @@ def build_history_tab(worker, settings, translator: Translator, lang_state: gr.S
         rows, key_list, line = listing(task_value, state_value, search_value, lang, request)
         return message, rows, key_list, line, "", None, gr.update(value="", visible=False), None, None, None
 
-    delete.click(delete_entry, [selected, task, state, search, lang_state],
-                 [note, table, keys, count, selected, video, text, files, recorded, timings],
-                 api_name="history_delete", show_progress="hidden")
+    delete_outputs = [note, table, keys, count, selected, video, text, files, recorded, timings]
+    api_delete.click(delete_entry, [selected, task, state, search, lang_state], delete_outputs,
+                     api_name="history_delete", show_progress="hidden")
+    delete.click(page_twin(delete_entry, len(delete_outputs), stop=False), [selected, task, state, search, lang_state],
+                 delete_outputs, api_visibility="private", show_progress="hidden")
 
     def stop_job(key: str, lang, request: gr.Request):
         lang = request_language(lang, request)

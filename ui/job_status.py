@@ -58,11 +58,11 @@ def done_message(lang: str, job, count: int, folder: str) -> str:
     return text
 
 
-def page_twin(run, count: int, stop: bool = True):
+def page_twin(run, count: int, stop: bool = True, at: int = 0):
     """The page's own version of a tab's handler ``run`` (a function or generator whose API version raises
     ``gr.Error``).
 
-    ``run`` returns or yields ``count`` outputs, the first the tab's status line. An error (bad input or a failed
+    ``run`` returns or yields ``count`` outputs, the one at ``at`` the tab's status line. An error (bad input or a failed
     job) is written into that status line, in words, instead of a toast that marks every output with an "Error"
     badge. With ``stop`` the twin yields one more output, the tab's Stop button, enabled only while the job runs.
     """
@@ -79,7 +79,9 @@ def page_twin(run, count: int, stop: bool = True):
                 values = values if isinstance(values, tuple) else (values,)
                 yield (*values, *armed(gr.update(interactive=True) if index == 0 else skip))
         except gr.Error as error:
-            yield (f"⚠ {error.message}", *[skip] * (count - 1), *armed(gr.update(interactive=False)))
+            said = [skip] * count
+            said[at] = f"⚠ {error.message}"
+            yield (*said, *armed(gr.update(interactive=False)))
             return
         if stop:
             yield (*[skip] * count, gr.update(interactive=False))
