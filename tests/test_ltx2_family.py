@@ -199,3 +199,19 @@ def test_random_weights_build_runs_through_the_worker(tmp_path, data_dir, monkey
     sidecar = json.loads(open(job.result["clips"][0]["sidecar"], encoding="utf-8").read())
     assert sidecar["model"]["random_weights"] and sidecar["output"]["has_audio"] is True
     assert (sidecar["output"]["width"], sidecar["output"]["height"]) == (832, 480)
+
+
+def test_load_avoids_attention_kernels_without_masks(monkeypatch, settings):
+    """Flash / sage attention take no mask and LTX-2 masks its prompt: load falls back to cuDNN or SDPA,
+    and never fuses q/k/v (its audio-video attention cannot)."""
+    import pipelines.device.loading as loading
+
+    seen = {}
+
+    def loaded_with_flash(spec, settings, device, dtype, family):
+        seen["fuse_qkv"] = settings.fuse_qkv
+        return SimpleNamespace(pipe=ltx2.build_ltx2_t2v(), attention="flash")
+
+    monkeypatch.setattr(loading, "load_video_pipeline", loaded_with_flash)
+    model = ltx2.load(ltx2.SPECS[0], settings, "cpu", "fp32")
+    assert model.attention == "sdpa" and seen["fuse_qkv"] is False  # on a CPU cuDNN attention is not usable

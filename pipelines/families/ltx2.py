@@ -33,6 +33,7 @@ BATCHED_GUIDANCE = False  # its pipeline already runs both guidance passes in on
 STEP_CACHE = False
 CONTEXT_PARALLEL = False
 PREVIEW_RGB = None
+MASKLESS_ATTENTION = ("flash", "flash3", "sage")  # kernels that take no attention mask (diffusers raises)
 
 IMAGE_CRF = 33  # LTX-2.0 was trained on first frames compressed with H.264 at this CRF
 # The distilled model's sigma schedule (diffusers.pipelines.ltx2.utils.DISTILLED_SIGMA_VALUES, from Lightricks'
@@ -173,13 +174,20 @@ DEMO_BUILDERS = {"ltx2-t2v": build_ltx2_t2v, "ltx2-i2v": build_ltx2_i2v}
 
 def load(spec: ModelSpec, settings, device: str, dtype: str):
     """``load_video_pipeline``, without fused q/k/v projections: LTX-2's attention (its audio-video cross
-    attention has keys narrower than its queries) neither fuses nor would use fused weights."""
+    attention has keys narrower than its queries) neither fuses nor would use fused weights; and with an
+    attention kernel that takes masks (cuDNN or SDPA) where flash / sage was chosen."""
     import dataclasses
 
     from ..device.loading import load_video_pipeline
 
-    return load_video_pipeline(spec, dataclasses.replace(settings, fuse_qkv=False), device, dtype,
-                               family=sys.modules[__name__])
+    model = load_video_pipeline(spec, dataclasses.replace(settings, fuse_qkv=False), device, dtype,
+                                family=sys.modules[__name__])
+    if model.attention in MASKLESS_ATTENTION:  # LTX-2 masks its prompt's padding; these kernels take no mask
+        from ..device.attention import apply_backend, reset_backend
+
+        reset_backend(model.pipe)
+        model.attention = apply_backend(model.pipe, "cudnn", device)  # SDPA where cuDNN attention is not usable
+    return model
 
 
 # --- requests -----------------------------------------------------------------------------------------
