@@ -291,10 +291,11 @@ def build_i2v_tab(worker, settings, translator: Translator, lang_state: gr.State
                 last_frame(clip_path, target)
         except RequestError as error:
             raise gr.Error(_error(lang, error), print_exception=False)
-        return str(target)
+        return str(target), gr.skip()
 
     recent.focus(refresh_recent, [recent], [recent], **private)
-    use_last.click(take_last_frame, [recent, lang_state], [image], **private)
+    # a clip that cannot give its frame is said in the size note, not as a badge on the image box
+    use_last.click(page_twin(take_last_frame, 2, stop=False, at=1), [recent, lang_state], [image, note], **private)
 
     # --- the job --------------------------------------------------------------------------------------
 
