@@ -164,3 +164,73 @@ def test_each_users_files_uploads_and_log_lines_are_their_own(shared_app):
     assert sidecar["job_id"] not in seen_by_cy and prompt not in seen_by_cy
     assert "bo-private-talk" not in seen_by_cy and clip.name not in seen_by_cy
     assert sidecar["job_id"] in "\n".join(log_of(ana))
+    # History: bo's own jobs for bo, none of them for cy, everyone's for the admin.
+    listed = {user: {Path(f).name for entry in call(client, "history_list", {"task": "", "state": ""})[1][0]
+                     for f in entry["files"]} for user, client in (("bo", bo), ("cy", cy), ("ana", ana))}
+    assert clip.name in listed["bo"] and transcript.name in listed["bo"] and clip.name in listed["ana"]
+    assert clip.name not in listed["cy"] and transcript.name not in listed["cy"]
+
+
+@pytest.mark.browser
+def test_the_page_hides_the_admin_controls_from_a_creator(shared_app):
+    pytest.importorskip("playwright")
+    from tests.test_browser import _MISSING, CHROMIUM, CHROMIUM_ARGS
+
+    if _MISSING:
+        pytest.skip(_MISSING)
+    from playwright.sync_api import sync_playwright
+
+    shown = {}
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            for user in ("ana", "cy"):
+                page = browser.new_context().new_page()
+                page.goto(shared_app.url)
+                page.locator("input[type=password]").wait_for(timeout=60_000)
+                page.locator("input").first.fill(user)
+                page.locator("input[type=password]").fill(PASSWORDS[user])
+                page.get_by_role("button", name="Login").click()
+                page.locator("#t2v-prompt").wait_for(timeout=60_000)
+                page.get_by_role("tab", name="System").click()
+                page.locator("#cs-system-table").wait_for(timeout=30_000)
+                page.wait_for_timeout(1500)  # the load events have run
+                shown[user] = {button: page.locator(f"#{button}").is_visible()
+                               for button in ("cs-release", "cs-restart", "cs-benchmark", "cs-doctor")}
+        finally:
+            browser.close()
+    assert all(shown["ana"].values()), shown
+    assert not any(shown["cy"].values()), shown
+
+
+def test_https_with_a_certificate(tmp_path, data_dir):
+    """``--ssl-certfile`` / ``--ssl-keyfile``: the studio answers over HTTPS (a self-signed certificate)."""
+    import shutil
+
+    from tests.conftest import app_data_dir, free_port
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=localhost"], check=True, capture_output=True, timeout=60)
+    port = free_port()
+    log = tmp_path / "app.log"
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "app.py"), "--demo", "--port", str(port), "--outputs", str(tmp_path / "outputs"),
+         "--data-dir", str(app_data_dir(tmp_path, data_dir)), "--auth", "ana:ana-pass-1234",
+         "--ssl-certfile", str(cert), "--ssl-keyfile", str(key)],
+        cwd=ROOT, stdout=log.open("w", encoding="utf-8"), stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 120
+        while "Cinescribe is ready: https://" not in log.read_text(encoding="utf-8"):
+            assert process.poll() is None and time.time() < deadline, log.read_text(encoding="utf-8")
+            time.sleep(0.5)
+        client = httpx.Client(base_url=f"https://127.0.0.1:{port}", verify=False, timeout=60)
+        assert client.post("/login", data={"username": "ana", "password": "ana-pass-1234"}).status_code == 200
+        assert client.get("/config").json()["username"] == "ana"
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://127.0.0.1:{port}/config", timeout=10)  # plain HTTP is not served
+    finally:
+        process.terminate()
+        process.wait(30)

@@ -149,8 +149,11 @@ def build_demo(worker, settings, controller, log_buffer=None, access=None) -> gr
                   api_visibility="private", queue=False)
         demo.load(describe, None, info, api_visibility="private", queue=False)
         if access is not None and access.book and admin_only:
-            demo.load(lambda request: [gr.update(visible=access.request_is_admin(request))] * len(admin_only),
-                      None, admin_only, api_visibility="private", queue=False)
+            def admin_controls(request: gr.Request) -> list:
+                """Shows the admin-only controls to admins, hides them from the others."""
+                return [gr.update(visible=access.request_is_admin(request))] * len(admin_only)
+
+            demo.load(admin_controls, None, admin_only, api_visibility="private", queue=False)
         def status(request: gr.Request) -> dict:
             """Device, memory, resident models, queue length and the running job (another user's: no details)."""
             return visible_status(worker.status(), worker.current_job(), request)

@@ -160,17 +160,15 @@ class StudioGuard:
         user = logged_in_user(scope)
         if len(body) <= MAX_CHECKED_BODY:
             try:
-                named = list(_strings(json.loads(body or b"null")))
+                named = list(_paths(json.loads(body or b"null")))
             except ValueError:
                 named = []
             for text in named:
-                if len(text) < 4096 and ("/" in text or "\\" in text) and "://" not in text[:12]:
-                    candidate = Path(os.path.abspath(text)).resolve()
-                    if not self.access.may_read(user, candidate):
-                        logger.info("Refused a call by %s naming another user's file", user,
-                                    extra={"owner": ADMINS_ONLY})
-                        await _answer(send, 403, {"detail": "That file belongs to another user."})
-                        return
+                candidate = Path(os.path.abspath(text)).resolve()
+                if candidate.exists() and not self.access.may_read(user, candidate):
+                    logger.info("Refused a call by %s naming another user's file", user, extra={"owner": ADMINS_ONLY})
+                    await _answer(send, 403, {"detail": "That file belongs to another user."})
+                    return
         await self.app(scope, _replay(body, receive), send)
 
 
@@ -181,15 +179,18 @@ def _route(scope) -> str:
     return path
 
 
-def _strings(value):
+def _paths(value, key: str = ""):
+    """The strings of a request's data that may name a file: a file's ``path`` (``{"path": ...}``) and any
+    absolute path (prompts and other text are left alone)."""
     if isinstance(value, str):
-        yield value
+        if len(value) < 4096 and "://" not in value[:12] and (key == "path" or os.path.isabs(value)):
+            yield value
     elif isinstance(value, dict):
-        for item in value.values():
-            yield from _strings(item)
+        for name, item in value.items():
+            yield from _paths(item, str(name))
     elif isinstance(value, list):
         for item in value:
-            yield from _strings(item)
+            yield from _paths(item, key if key == "path" else "")
 
 
 async def _read_body(receive) -> bytes:
