@@ -107,6 +107,25 @@ def test_speech_and_batch_errors_are_said_in_place(page):
     page.get_by_role("tab", name="Text to video").click()
 
 
+def test_restart_stands_apart_and_asks_first(page):
+    page.get_by_role("tab", name="System").click()
+    restart, release = page.locator("#cs-restart"), page.locator("#cs-release")
+    expect(restart).to_be_visible(timeout=10_000)
+    assert restart.bounding_box()["y"] > release.bounding_box()["y"] + 100, "Restart sits beside Release VRAM"
+    asked = []
+
+    def answer_no(dialog):
+        asked.append(dialog.message)
+        dialog.dismiss()
+
+    page.once("dialog", answer_no)
+    restart.click()
+    page.wait_for_timeout(1000)
+    assert asked and "Restart the app now?" in asked[0]
+    assert "Restarting" not in page.locator("#cs-system-result").inner_text()  # "no" restarts nothing
+    page.get_by_role("tab", name="Text to video").click()
+
+
 def test_chinese_page_has_no_gradio_english(browser, served_app):
     """The app's language button, not the browser's, sets Gradio's own texts too."""
     context = browser.new_context(locale="en-US", viewport=VIEWPORT)
