@@ -18,6 +18,8 @@ Every family (``Family``):
                     load a model of the family (real weights, ``--demo`` tiny build, ``--random-weights``)
 ``DEMO_BUILDERS``   ``{spec.demo_kind: build()}``: tiny real-class models for ``--demo`` and the tests; each
                     returns an object with ``save_pretrained`` (``families.demo.ensure_demo_model`` caches it)
+                    (Whisper's loader and demo build still live in ``tasks.asr`` / ``families.demo_asr``;
+                    ``device.loaders.load_model`` falls back to them until they move into ``whisper.py``.)
 
 A video family (``VideoFamily``) also answers what the t2v / i2v tasks, the device side and the
 benchmark ask (diffusers class: ``spec.pipeline_class``):
@@ -56,6 +58,10 @@ Measuring and previews
                     ``{"per_forward", "forwards_per_step", "steps", "total"}`` at the real size, counted on the
                     ``meta`` device from ``assets/model_configs/<id>.json`` (``bench.flops``, ``bench.random_weights``)
 ``PREVIEW_RGB``     ``(factors (C, 3), bias (3,))`` of a linear latent-to-RGB map, or ``None`` (``media.preview``)
+
+A new question about every family (e.g. LoRA rules): add the name to the list above and to the protocol,
+and give every family an answer; generic code then reads it. ``load`` and the stages may take what
+their family needs from the request; everything else is plain data.
 
 A new family: write its module with these names (``docs/adding-a-model-family.md``), add its configs under
 ``assets/model_configs/``, add it to ``catalogue.FAMILIES``, its strings to the UI's tables, and tests.
