@@ -51,8 +51,7 @@ _PRESETS = (
 )
 _DISTILLED = VideoPreset("Distilled", "480p", 121, len(DISTILLED_SIGMAS), 1.0, 1.0, changes_output=True)
 _LORA = {"lora_repo_id": "Lightricks/LTX-2", "lora_weight_name": "ltx-2-19b-distilled-lora-384.safetensors"}
-_COMMON = dict(repo_id="Lightricks/LTX-2", resolutions=("480p", "720p"), fps=24, max_frames=257,
-               extra={"size_multiple": SIZE_MULTIPLE, "has_audio": True})
+_COMMON = dict(repo_id="Lightricks/LTX-2", resolutions=("480p", "720p"), fps=24, max_frames=257)
 _NOTES = "Makes its sound too (AAC in the mp4). 8n+1 frames, sizes multiples of 32, 24 fps."
 _DISTILLED_NOTES = "Distilled LoRA: 8 steps at guidance 1.0. Output differs from the base model. " + _NOTES
 
@@ -290,9 +289,12 @@ def decode(pipe, latents, tiled: bool):
     was_tiled = bool(getattr(vae, "use_tiling", False))
     if tiled and not was_tiled:
         vae.enable_tiling()
+    device = pipe._execution_device
+    # a VAE with timestep conditioning decodes at the pipeline's default decode timestep (0, no added noise)
+    timestep = torch.zeros(1, device=device, dtype=vae.dtype) if vae.config.timestep_conditioning else None
     try:
         with torch.no_grad():
-            video = vae.decode(video_latents.to(pipe._execution_device, vae.dtype), None, return_dict=False)[0]
+            video = vae.decode(video_latents.to(device, vae.dtype), timestep, return_dict=False)[0]
     finally:
         if tiled and not was_tiled:
             vae.disable_tiling()
