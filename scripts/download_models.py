@@ -154,13 +154,23 @@ def resolve(names: list[str], entries: dict[str, Entry]) -> list[Entry]:
 
 
 def ignore_patterns(repo_id: str, revision: str | None) -> list[str]:
-    """Skip formats no loader reads, and *.bin weights where the same folder has safetensors."""
+    """Skip formats no loader reads, *.bin weights where the same folder has safetensors, and, in a
+    diffusers repository (``model_index.json``), single-file checkpoints at its top: ``from_pretrained``
+    reads the component folders (a LoRA the catalogue names is fetched on its own)."""
     from huggingface_hub import HfApi
 
     files = HfApi().list_repo_files(repo_id, revision=revision)
+    return skipped_files(files)
+
+
+def skipped_files(files: list[str]) -> list[str]:
+    """``ignore_patterns`` for a repository's file list."""
     with_safetensors = {os.path.dirname(f) for f in files if f.endswith(".safetensors")}
     # exact paths: a pattern such as "*.bin" would also match files in other folders
-    return IGNORE_ALWAYS + [f for f in files if f.endswith(".bin") and os.path.dirname(f) in with_safetensors]
+    skipped = [f for f in files if f.endswith(".bin") and os.path.dirname(f) in with_safetensors]
+    if "model_index.json" in files:
+        skipped += [f for f in files if "/" not in f and f.endswith((".safetensors", ".ckpt", ".pt", ".pth", ".gguf"))]
+    return IGNORE_ALWAYS + skipped
 
 
 def download(entry: Entry, revision: str | None, local_dir: str | None, all_files: bool) -> str:

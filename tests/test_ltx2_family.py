@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -215,3 +216,23 @@ def test_load_avoids_attention_kernels_without_masks(monkeypatch, settings):
     monkeypatch.setattr(loading, "load_video_pipeline", loaded_with_flash)
     model = ltx2.load(ltx2.SPECS[0], settings, "cpu", "fp32")
     assert model.attention == "sdpa" and seen["fuse_qkv"] is False  # on a CPU cuDNN attention is not usable
+
+
+def test_download_skips_the_single_file_checkpoints_beside_the_diffusers_folders(monkeypatch):
+    """Lightricks/LTX-2 holds its diffusers folders and, at its top, single-file checkpoints of tens of GB:
+    only the folders are fetched (the distilled entry fetches its LoRA file on its own)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "download_models.py"
+    module_spec = importlib.util.spec_from_file_location("download_models", path)
+    download_models = importlib.util.module_from_spec(module_spec)
+    monkeypatch.setitem(sys.modules, "download_models", download_models)  # its dataclasses look themselves up
+    module_spec.loader.exec_module(download_models)
+    files = ["model_index.json", "ltx-2-19b-dev.safetensors", "ltx-2-19b-distilled-lora-384.safetensors",
+             "transformer/diffusion_pytorch_model-00001-of-00008.safetensors", "vae/diffusion_pytorch_model.safetensors"]
+    skipped = download_models.skipped_files(files)
+    assert "ltx-2-19b-dev.safetensors" in skipped and not any("/" in f and f.endswith(".safetensors") for f in skipped)
+    assert "model.safetensors" not in download_models.skipped_files(["config.json", "model.safetensors"])  # transformers
+    distilled = next(s for s in ltx2.SPECS if s.id == "ltx2-t2v-distilled")
+    assert distilled.lora_weight_name in skipped  # so it comes from the LoRA fetch, by name
