@@ -219,7 +219,8 @@ def test_https_with_a_certificate(tmp_path, data_dir):
     process = subprocess.Popen(
         [sys.executable, str(ROOT / "app.py"), "--demo", "--port", str(port), "--outputs", str(tmp_path / "outputs"),
          "--data-dir", str(app_data_dir(tmp_path, data_dir)), "--auth", "ana:ana-pass-1234",
-         "--ssl-certfile", str(cert), "--ssl-keyfile", str(key)],
+         "--ssl-certfile", str(cert), "--ssl-keyfile", str(key), "--trusted-proxy", "127.0.0.1",
+         "--login-failures", "1", "--login-lockout", "60"],
         cwd=ROOT, stdout=log.open("w", encoding="utf-8"), stderr=subprocess.STDOUT)
     try:
         deadline = time.time() + 120
@@ -231,6 +232,15 @@ def test_https_with_a_certificate(tmp_path, data_dir):
         assert client.get("/config").json()["username"] == "ana"
         with pytest.raises(httpx.HTTPError):
             httpx.get(f"http://127.0.0.1:{port}/config", timeout=10)  # plain HTTP is not served
+        # Behind a trusted proxy (here: this machine), the forwarded address is the one throttled.
+        def via(client_ip: str, password: str) -> int:
+            return client.post("/login", data={"username": "ana", "password": password},
+                               headers={"X-Forwarded-For": client_ip}).status_code
+
+        assert via("203.0.113.5", "wrong-password") == 400  # one failure locks that address out (60 s)
+        assert via("203.0.113.5", "ana-pass-1234") == 429
+        assert via("198.51.100.7", "ana-pass-1234") == 200  # another client behind the same proxy
+        assert "from 203.0.113.5" in log.read_text(encoding="utf-8")
     finally:
         process.terminate()
         process.wait(30)

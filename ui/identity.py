@@ -21,6 +21,7 @@ import re
 import gradio as gr
 
 from pipelines.studio.jobs import RequestError
+from pipelines.studio.logbuffer import ADMINS_ONLY
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +137,7 @@ class LoginRequired:
         elif path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
             await self.app(scope, receive, send)
         else:
-            logger.info("Refused %s %s: not logged in", scope.get("method"), path)
+            logger.info("Refused %s %s: not logged in", scope.get("method"), path, extra={"owner": ADMINS_ONLY})
             body = json.dumps(NOT_LOGGED_IN).encode()
             await send({"type": "http.response.start", "status": 401,
                         "headers": [(b"content-type", b"application/json"),

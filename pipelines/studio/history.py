@@ -232,7 +232,7 @@ class History:
         try:
             return write_atomic(target, extract)
         except (OSError, subprocess.SubprocessError) as error:
-            logger.warning("No thumbnail for %s: %s", entry.video, error)
+            logger.warning("No thumbnail for %s: %s", entry.video, error, extra={"owner": entry.owner})
             return None
 
 
