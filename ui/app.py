@@ -21,6 +21,8 @@ CSS = """
 .cs-bar > div {height: 100%; background: var(--color-accent); transition: width 0.4s;}
 #cs-header {align-items: center;}
 .cs-hidden {display: none !important;}
+/* settings tables: the names in one line, the values take the rest */
+:is(#t2v-settings, #i2v-settings, #cs-system-table) :is(td, th):first-child {white-space: nowrap; width: 1%;}
 /* History: a clicked row is picked as a whole, not a cell opened for editing */
 #history-table .body-cell.cell-selected {box-shadow: none !important; animation: none !important;}
 #history-table .cell-menu-button {display: none !important;}
@@ -129,7 +131,7 @@ def build_demo(worker, settings, controller, log_buffer=None, access=None) -> gr
             with translator.bind(gr.Tab("History", id="history"), label="history_tab") as history_tab:
                 language_hooks += build_history_tab(worker, settings, translator, lang_state, forms, tabs, history_tab,
                                                     access=access)
-            with translator.bind(gr.Tab("System", id="system"), label="tab_system"):
+            with translator.bind(gr.Tab("System", id="system"), label="tab_system") as system_tab:
                 describe, info = build_system_tab(worker, settings, controller, translator, lang_state,
                                                   access=access, admin_only=admin_only)
         build_live_panel(worker, log_buffer, translator, lang_state, strip, access=access)
@@ -148,6 +150,7 @@ def build_demo(worker, settings, controller, log_buffer=None, access=None) -> gr
         demo.load(lambda lang: normalise_language(lang), [language], [language], js=LANGUAGE_JS,
                   api_visibility="private", queue=False)
         demo.load(describe, None, info, api_visibility="private", queue=False)
+        system_tab.select(describe, None, info, api_visibility="private", queue=False)  # as it is now, not at load
         if access is not None and access.book and admin_only:
             def admin_controls(request: gr.Request) -> list:
                 """Shows the admin-only controls to admins, hides them from the others."""

@@ -24,9 +24,9 @@ ROWS = [
 ]
 
 
-def _cell(value) -> str:
+def _cell(value, limit: int = 160) -> str:
     text = str(value).replace("\n", " ").replace("|", "\\|")
-    return text if len(text) <= 160 else text[:157] + "…"
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def settings_table(recorded: str | None, lang: str) -> str:
@@ -43,7 +43,7 @@ def settings_table(recorded: str | None, lang: str) -> str:
         for part in path:
             value = value.get(part) if isinstance(value, dict) else None
         if value not in (None, ""):
-            rows.append((t(lang, key), value))
+            rows.append((t(lang, key), t(lang, f"preset_{value}") if key == "preset" else value))
     output = sidecar.get("output") or {}
     if output.get("width"):
         rows.insert(1, (t(lang, "settings_size"), f"{output['width']} × {output['height']}, {output.get('duration_s', 0):g} s"))
@@ -76,6 +76,19 @@ def _plain(value) -> str:
     return "–" if value in (None, "") else str(value)
 
 
+def _system_value(key: str, value) -> str:
+    """Memory as used / total, the runtime as its library versions; anything else plainly."""
+    if key == "memory" and isinstance(value, dict) and "used_gib" in value:
+        text = f"{value['used_gib']:.1f} / {value.get('total_gib', 0):.1f} GiB"
+        return text + (f" (app {value['process_gib']:.1f} GiB)" if value.get("process_gib") is not None else "")
+    if key == "runtime" and isinstance(value, dict):
+        versions = value.get("versions") or {}
+        found = ", ".join(f"{name} {version}" for name, version in versions.items() if version)
+        cuda = f", CUDA {value['cuda']}" if value.get("cuda") else ""
+        return f"Python {value.get('python', '?')}{cuda}" + (f", {found}" if found else "")
+    return _plain(value)
+
+
 def system_table(described: str | None, lang: str) -> str:
     """The System tab's JSON (``describe``) as a two-column table in ``lang``; '' when it is not JSON."""
     try:
@@ -86,4 +99,5 @@ def system_table(described: str | None, lang: str) -> str:
         return ""
     labels = SYSTEM_LABELS["zh" if str(lang).startswith("zh") else "en"]
     head = f"| {t(lang, 'settings_table_setting')} | {t(lang, 'settings_table_value')} |\n| --- | --- |\n"
-    return head + "\n".join(f"| {_cell(labels.get(key, key))} | {_cell(_plain(value))} |" for key, value in data.items())
+    return head + "\n".join(f"| {_cell(labels.get(key, key))} | {_cell(_system_value(key, value), 400)} |"
+                             for key, value in data.items())
