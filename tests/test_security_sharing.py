@@ -244,3 +244,93 @@ def test_https_with_a_certificate(tmp_path, data_dir):
     finally:
         process.terminate()
         process.wait(30)
+
+
+def test_file_owners_follow_the_sidecars_zips_thumbnails_and_uploads(tmp_path):
+    """``Access.may_read`` over a real outputs folder: sidecars name the owner of every file they list; a
+    batch's zip is its files' owner's; a clip's thumbnail its clip's; uploads their uploader's (kept across a
+    restart); Gradio's copy of an output follows the output; the trash is the admins'."""
+    import zipfile
+
+    from pipelines.studio.users import User, UserBook
+    from ui.auth_access import Access
+
+    outputs, uploads = tmp_path / "outputs", tmp_path / "tmp"
+    day = outputs / "2026-01-01"
+    day.mkdir(parents=True)
+    uploads.mkdir()
+
+    def sidecar(stem: str, owner: str, **data) -> None:
+        record = {"app": "cinescribe", "runtime": {"owner": owner} if owner else {}, **data}
+        (day / f"{stem}.json").write_text(json.dumps(record), encoding="utf-8")
+
+    for stem in ("100000_asr_a", "100000_asr_b"):
+        (day / f"{stem}.txt").write_text(f"words of {stem}", encoding="utf-8")
+        sidecar(stem, "bo", task="asr", outputs={"txt": f"{stem}.txt"}, source={"name": f"{stem}.wav"})
+    with zipfile.ZipFile(day / "100000_asr_batch-2-files.zip", "w") as archive:
+        for stem in ("100000_asr_a", "100000_asr_b"):
+            archive.write(day / f"{stem}.txt", f"{stem}.txt")
+    (day / "110000_t2v_1.mp4").write_bytes(b"not really a clip")
+    sidecar("110000_t2v_1", "bo", task="t2v", file="110000_t2v_1.mp4", settings={"prompt": "x"})
+    (day / "120000_asr_old.txt").write_text("copied in", encoding="utf-8")
+    sidecar("120000_asr_old", "", task="asr", outputs={"txt": "120000_asr_old.txt"})
+    (outputs / ".trash").mkdir()
+    (outputs / ".trash" / "gone.txt").write_text("deleted", encoding="utf-8")
+    book = UserBook([User("ana", "pw", "admin"), User("bo", "pw", "creator"), User("cy", "pw", "creator")])
+    access = Access(book, outputs_dir=outputs, upload_dir=uploads, owners_file=tmp_path / "uploads.owners")
+    entry = next(e for e in access.history.entries(None) if e.video is not None)
+    thumbnail = access.history.thumbnail_path(entry)
+    thumbnail.parent.mkdir(parents=True)
+    thumbnail.write_bytes(b"jpeg")
+    upload = uploads / "abc123" / "talk.wav"
+    upload.parent.mkdir()
+    upload.write_bytes(b"RIFF bo's voice")
+    access.record_upload("bo", [str(upload)])
+    copy = uploads / "def456" / "100000_asr_a.txt"  # Gradio's copy of bo's transcript, served to bo
+    copy.parent.mkdir()
+    copy.write_bytes((day / "100000_asr_a.txt").read_bytes())
+
+    bos = [day / "100000_asr_a.txt", day / "100000_asr_a.json", day / "100000_asr_batch-2-files.zip",
+           day / "110000_t2v_1.mp4", thumbnail, copy]
+    for path in bos:
+        path = path.resolve()
+        assert access.may_read("bo", path) and access.may_read("ana", path) and not access.may_read("cy", path), path
+    assert access.may_read("cy", (day / "120000_asr_old.txt").resolve())  # unknown owner: everyone's
+    trash = (outputs / ".trash" / "gone.txt").resolve()
+    assert access.may_read("ana", trash) and not access.may_read("bo", trash)
+    assert access.may_read("bo", upload.resolve()) and not access.may_read("cy", upload.resolve())
+    assert not access.may_read("ana", upload.resolve())  # uploads are their uploader's alone
+    restarted = Access(book, outputs_dir=outputs, upload_dir=uploads, owners_file=tmp_path / "uploads.owners")
+    assert not restarted.may_read("cy", upload.resolve()) and restarted.may_read("bo", upload.resolve())
+    copy.write_bytes(b"other bytes, same name")  # not a copy of bo's file any more: a file Gradio made
+    assert access.may_read("cy", copy.resolve())
+    assert Access(None, outputs_dir=outputs).may_read("cy", trash)  # no login: one person's studio
+
+
+def test_each_viewer_reads_the_general_lines_and_their_own_jobs():
+    import logging
+
+    from pipelines.studio.logbuffer import ADMINS_ONLY, RingBufferHandler
+
+    buffer = RingBufferHandler()
+    log = logging.getLogger("tests.sharing.log")
+    log.addHandler(buffer)
+    log.propagate = False
+    try:
+        log.warning("Job aaaaaaaaaaaa started (t2v)")
+        log.warning("Job bbbbbbbbbbbb: wrote 101010_t2v_secret.mp4")
+        log.warning("GPU worker ready")
+        log.warning("Login locked for bo", extra={"owner": ADMINS_ONLY})
+        log.warning("History: moved bo's files", extra={"owner": "bo"})
+        log.warning("Job cccccccccccc: of nobody known")
+    finally:
+        log.removeHandler(buffer)
+    owners = {"aaaaaaaaaaaa": "ana", "bbbbbbbbbbbb": "bo"}.get
+    assert len(buffer.tail(100)) == 6  # no viewer: every line
+    bo = "\n".join(buffer.tail(100, viewer="bo", admin=False, owner_of_job=owners))
+    assert "101010_t2v_secret" in bo and "moved bo's" in bo and "GPU worker ready" in bo
+    assert "aaaaaaaaaaaa" not in bo and "Login locked" not in bo and "cccccccccccc" not in bo
+    ana = buffer.tail(100, viewer="ana", admin=True, owner_of_job=owners)  # an admin by default (no roles)
+    assert [line.split(": ", 1)[1] for line in ana] == [
+        "Job aaaaaaaaaaaa started (t2v)", "GPU worker ready", "Login locked for bo", "Job cccccccccccc: of nobody known"]
+    assert buffer.tail(1, viewer="bo", admin=False, owner_of_job=owners)[0].endswith("moved bo's files")
