@@ -13,7 +13,9 @@
 from __future__ import annotations
 
 import filecmp
+import glob
 import logging
+import re
 import threading
 import time
 import zipfile
@@ -26,6 +28,7 @@ from pipelines.studio.logbuffer import ADMINS_ONLY
 logger = logging.getLogger(__name__)
 ADMIN_NEEDED = "An admin is needed for this: ask an admin of this studio (users with the admin role)."
 INDEX_SECONDS = 2.0
+OUTPUT_NAME = re.compile(r"\d{6}_[a-z0-9]+_")
 
 
 class Access:
@@ -169,8 +172,10 @@ class Access:
 
     def _originals(self, copy: Path) -> list[Path]:
         """The outputs ``copy`` may have been copied from: same name and the same bytes."""
+        if not OUTPUT_NAME.match(copy.name):  # outputs are <date>/<HHMMSS>_<task>_<tag>.<ext>: others are not
+            return []
         found = []
-        for original in self.outputs_dir.rglob(copy.name):
+        for original in self.outputs_dir.glob(f"*/{glob.escape(copy.name)}"):
             try:
                 if original.is_file() and filecmp.cmp(original, copy, shallow=False):
                     found.append(original.resolve())
