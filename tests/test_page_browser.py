@@ -69,6 +69,21 @@ def test_first_load_labels_are_the_full_ones(page):
     assert page.evaluate(LABELS_JS) == first
 
 
+def test_first_chinese_load_equals_a_round_trip(browser, served_app):
+    context = browser.new_context(locale="zh-CN", viewport=VIEWPORT)
+    try:
+        page = context.new_page()
+        page.goto(served_app.url)
+        expect(page.locator("#t2v-generate")).to_have_text("生成", timeout=20_000)
+        first = page.evaluate(LABELS_JS)
+        assert any(text.startswith("时长") for text in first), first
+        switch(page, "English", "Generate")
+        switch(page, "简体中文", "生成")
+        assert page.evaluate(LABELS_JS) == first
+    finally:
+        context.close()
+
+
 def test_duration_sets_frames_before_generate(page):
     duration = page.locator("#t2v-duration input")
     duration.fill("2")
