@@ -190,7 +190,6 @@ class Rank:
 
         from ..families.wan import set_flow_shift  # context parallelism is Wan's (``CONTEXT_PARALLEL``)
         from ..media.preview import latents_to_rgb
-        from ..tasks.video import PREVIEW_UPSCALE
 
         for config in self.configs:
             self.mode.set_flags(config, uneven=payload["uneven"])
@@ -206,7 +205,7 @@ class Rank:
             if self.rank == 0:
                 preview = None
                 if every and ((step + 1) % every == 0 or step + 1 == steps):
-                    preview = latents_to_rgb(tensors["latents"][0].float().cpu().numpy(), upscale=PREVIEW_UPSCALE,
+                    preview = latents_to_rgb(tensors["latents"][0].float().cpu().numpy(), upscale=payload.get("preview_upscale", 1),
                                              factors=self.family.PREVIEW_RGB)
                 self.conn.send(("step", step, preview))
                 kind, stop = self.conn.recv()

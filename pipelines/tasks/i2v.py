@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from ..media.images import FITS, InputImage, aspect_value, fit_image, load_image, output_size
 from ..studio.jobs import Job, RequestError, parse_number
-from ..scale.parallel import run_parallel
+from .video_parallel import run_parallel
 from ..families.base import size_multiple
 from ..families.catalogue import DEFAULT_MODEL, family_of, get_spec
 from ..families.spec import DEMO_I2V_RESOLUTIONS, I2V_MAX_AREA, ModelSpec, VideoPreset, demo_i2v_sizes

@@ -15,7 +15,7 @@ import secrets
 from dataclasses import dataclass, field
 
 from ..studio.jobs import Job, RequestError, parse_number
-from ..scale.parallel import run_parallel
+from .video_parallel import run_parallel
 from ..families.base import size_multiple
 from ..families.catalogue import DEFAULT_MODEL, family_of, get_spec
 from ..families.spec import DEMO_PRESETS, DEMO_RESOLUTIONS, ModelSpec, frame_size
