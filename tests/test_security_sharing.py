@@ -74,6 +74,7 @@ def test_the_users_file_holds_no_plain_password_and_its_users_log_in(shared_app)
     assert login(shared_app, "bo").status_code == 200
     assert login(shared_app, "bo", "bo-pass-wrong").status_code == 400
     assert login(shared_app, "nobody", "whatever-123").status_code == 400
+    assert login(shared_app, "bo", "x" * 100_000).status_code == 413  # a huge form is not read whole
 
 
 def test_wrong_passwords_lock_one_user_from_one_address_for_growing_waits(shared_app):

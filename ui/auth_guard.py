@@ -34,7 +34,8 @@ FILE_PREFIXES = ("/file=", "/gradio_api/file=", "/file/", "/gradio_api/file/")
 UPLOAD_PATHS = ("/upload", "/gradio_api/upload")
 CALL_PREFIXES = ("/gradio_api/call/", "/gradio_api/run/", "/gradio_api/queue/join", "/call/", "/run/", "/queue/join")
 MODEL_PREFIXES = ("/models", "/gradio_api/models")
-MAX_CHECKED_BODY = 64 * 2**20
+MAX_LOGIN_BODY = 64 * 2**10  # a login form is a few hundred bytes
+MAX_CALL_BODY = 64 * 2**20  # an API call's data (files are uploaded apart): checked whole, never skipped
 
 
 def client_address(scope, trusted_proxies: frozenset[str]) -> str:
@@ -83,7 +84,10 @@ class StudioGuard:
 
     async def _login(self, scope, receive, send):
         throttle, address = self.access.throttle, client_address(scope, self.access.trusted_proxies)
-        body = await _read_body(receive)
+        body = await _read_body(receive, MAX_LOGIN_BODY)
+        if body is None:
+            await _answer(send, 413, {"detail": "The login form is too large."})
+            return
         user = await _form_user(scope, body)
         lock = self._login_locks.setdefault(address, asyncio.Lock())
         async with lock:
@@ -156,19 +160,21 @@ class StudioGuard:
         if not self.access.book:
             await self.app(scope, receive, send)
             return
-        body = await _read_body(receive)
+        body = await _read_body(receive, MAX_CALL_BODY)
+        if body is None:
+            await _answer(send, 413, {"detail": f"The request's data is over {MAX_CALL_BODY // 2**20} MB."})
+            return
         user = logged_in_user(scope)
-        if len(body) <= MAX_CHECKED_BODY:
-            try:
-                named = list(_paths(json.loads(body or b"null")))
-            except ValueError:
-                named = []
-            for text in named:
-                candidate = Path(os.path.abspath(text)).resolve()
-                if candidate.exists() and not self.access.may_read(user, candidate):
-                    logger.info("Refused a call by %s naming another user's file", user, extra={"owner": ADMINS_ONLY})
-                    await _answer(send, 403, {"detail": "That file belongs to another user."})
-                    return
+        try:
+            named = list(_paths(json.loads(body or b"null")))
+        except ValueError:  # not JSON: Gradio answers it itself
+            named = []
+        for text in named:
+            candidate = Path(os.path.abspath(text)).resolve()
+            if candidate.exists() and not self.access.may_read(user, candidate):
+                logger.info("Refused a call by %s naming another user's file", user, extra={"owner": ADMINS_ONLY})
+                await _answer(send, 403, {"detail": "That file belongs to another user."})
+                return
         await self.app(scope, _replay(body, receive), send)
 
 
@@ -193,13 +199,17 @@ def _paths(value, key: str = ""):
             yield from _paths(item, key if key == "path" else "")
 
 
-async def _read_body(receive) -> bytes:
-    chunks = []
+async def _read_body(receive, limit: int) -> bytes | None:
+    """The whole request body, or None once it grows past ``limit`` bytes."""
+    chunks, size = [], 0
     while True:
         message = await receive()
         if message["type"] != "http.request":
             break
         chunks.append(message.get("body", b""))
+        size += len(chunks[-1])
+        if size > limit:
+            return None
         if not message.get("more_body"):
             break
     return b"".join(chunks)
