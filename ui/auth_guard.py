@@ -123,7 +123,9 @@ class StudioGuard:
         if "://" not in asked[:12] and self.access.book:
             user = logged_in_user(scope)
             absolute = Path(os.path.abspath(asked))
-            if not all(self.access.may_read(user, candidate) for candidate in {absolute, absolute.resolve()}):
+            allowed = await asyncio.to_thread(  # reading the sidecars: off the event loop
+                lambda: all(self.access.may_read(user, candidate) for candidate in {absolute, absolute.resolve()}))
+            if not allowed:
                 logger.info("Refused file %s to %s: not theirs", Path(asked).name, user, extra={"owner": ADMINS_ONLY})
                 await _answer(send, 403, {"detail": "File not allowed: it belongs to another user."})
                 return
@@ -169,13 +171,20 @@ class StudioGuard:
             named = list(_paths(json.loads(body or b"null")))
         except ValueError:  # not JSON: Gradio answers it itself
             named = []
+        refused = await asyncio.to_thread(self._refused, user, named) if named else False
+        if refused:
+            logger.info("Refused a call by %s naming another user's file", user, extra={"owner": ADMINS_ONLY})
+            await _answer(send, 403, {"detail": "That file belongs to another user."})
+            return
+        await self.app(scope, _replay(body, receive), send)
+
+    def _refused(self, user: str | None, named: list[str]) -> bool:
+        """Whether any existing file among ``named`` is one ``user`` may not read."""
         for text in named:
             candidate = Path(os.path.abspath(text)).resolve()
             if candidate.exists() and not self.access.may_read(user, candidate):
-                logger.info("Refused a call by %s naming another user's file", user, extra={"owner": ADMINS_ONLY})
-                await _answer(send, 403, {"detail": "That file belongs to another user."})
-                return
-        await self.app(scope, _replay(body, receive), send)
+                return True
+        return False
 
 
 def _route(scope) -> str:
