@@ -46,7 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     net.add_argument("--share", action="store_true", help="also open a public gradio.live link (needs internet)")
     net.add_argument("--auth", help="for quick local use: require a login, user:password on the command line "
                                     "(several: user1:pw1,user2:pw2); to share the studio use --auth-file")
-    net.add_argument("--auth-file", type=Path,
+    net.add_argument("--auth-file", type=Path, metavar="FILE",
                      help="users with hashed passwords and roles, written by scripts/users.py (old user:password "
                           "lines still work, with a warning)")
     net.add_argument("--trusted-proxy", action="append", default=[], metavar="ADDR",
@@ -59,8 +59,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                      help="the first lockout in seconds; each next one doubles (default 30)")
     net.add_argument("--login-max-lockout", type=float, default=900.0, metavar="S",
                      help="the longest lockout in seconds (default 900)")
-    net.add_argument("--ssl-certfile", type=Path, help="serve HTTPS with this certificate (PEM)")
-    net.add_argument("--ssl-keyfile", type=Path, help="the certificate's private key (PEM)")
+    net.add_argument("--ssl-certfile", type=Path, metavar="FILE", help="serve HTTPS with this certificate (PEM)")
+    net.add_argument("--ssl-keyfile", type=Path, metavar="FILE", help="the certificate's private key (PEM)")
     net.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB, metavar="MB",
                      help=f"largest file one upload may be, in MB (default {DEFAULT_MAX_UPLOAD_MB}; 0: no limit)")
     files = parser.add_argument_group("files")
@@ -229,6 +229,10 @@ def main(argv: list[str] | None = None) -> int:
     if bool(args.ssl_certfile) != bool(args.ssl_keyfile):
         print("error: HTTPS needs both --ssl-certfile and --ssl-keyfile.", file=sys.stderr)
         return 2
+    for flag, path in (("--ssl-certfile", args.ssl_certfile), ("--ssl-keyfile", args.ssl_keyfile)):
+        if path is not None and not path.is_file():
+            print(f"error: {flag} {path} does not exist.", file=sys.stderr)
+            return 2
     # Uvicorn believes X-Forwarded-For from these addresses only (its default is 127.0.0.1: anyone on this
     # machine could forge an address and dodge the login throttle).
     os.environ["FORWARDED_ALLOW_IPS"] = ",".join(args.trusted_proxy)
