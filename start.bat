@@ -168,6 +168,21 @@ if %ERRORLEVEL% NEQ 0 call :warn_text "pip uninstall failed; installing over it.
 call :say_var "Installing PyTorch: pip install " TB_PIP_ARGS
 call :say "(a download of up to 3 GB; see logs\setup.log for details)"
 "%VENV_PY%" -m pip install --log "%LOG%" %TB_PIP_ARGS%
+if %ERRORLEVEL% EQU 0 goto :torch_done
+rem PyTorch's index (or the mirror in CINESCRIBE_TORCH_INDEX) failed: torch from the index pip is
+rem configured with (PyPI or its mirror); torch_build.py says in one line what build that is.
+if not defined TB_INDEX_URL goto :torch_failed
+"%VENV_PY%" "%HELPER%" fallback --plan "%PLAN%.json" --platform win32 --out "%PLAN%.fallback"
+if %ERRORLEVEL% NEQ 0 goto :torch_failed
+for %%K in (VARIANT LINE PIP_ARGS) do set "TB_FB_%%K="
+for /f "usebackq tokens=1,* delims==" %%A in ("%PLAN%.fallback") do set "TB_FB_%%A=%%B"
+call :warn_var TB_FB_LINE
+set "TB_VARIANT=%TB_FB_VARIANT%"
+set "TB_PIP_ARGS=%TB_FB_PIP_ARGS%"
+set "TB_INDEX_URL="
+set "TB_VERIFY=1"
+call :say_var "Installing PyTorch: pip install " TB_PIP_ARGS
+"%VENV_PY%" -m pip install --log "%LOG%" %TB_PIP_ARGS%
 if %ERRORLEVEL% NEQ 0 goto :torch_failed
 :torch_done
 

@@ -49,7 +49,9 @@ Every other argument goes to `python app.py` unchanged, e.g. ./start.sh --port 7
 Environment:
   CINESCRIBE_PYTHON        Python 3.11-3.13 to build .venv with (default: first suitable one)
   CINESCRIBE_VENV          where the Python environment lives (default: .venv in this folder)
-  CINESCRIBE_TORCH_INDEX   pip index for torch (URL ending in /cu128 etc., "pypi", or a folder of wheels)
+  CINESCRIBE_TORCH_INDEX   pip index for torch (URL ending in /cu128 etc., "pypi", or a folder of wheels);
+                           when it (or PyTorch's own index) cannot be reached, torch comes from the
+                           index pip is configured with (PyPI or its mirror), said in one line
   CINESCRIBE_TORCH_SPEC    pip requirement(s) for torch, e.g. "torch==2.11.0+cu128"
   CINESCRIBE_EXTRAS        packages for --extras (default: xformers; also wheel files or URLs)
 Set-up log: logs/setup.log. More: docs/install.md
@@ -241,6 +243,12 @@ if [ "$NEED_TORCH" = 1 ] || [ "$NEED_REQS" = 1 ] || [ "$OPT_EXTRAS" = 1 ]; then
     fi
 fi
 
+torch_failed() {
+    fail "Installing PyTorch failed (pip install ${TORCH_ARGS[*]})." \
+        "Check the internet connection (behind a proxy: export HTTPS_PROXY=http://host:port) and free disk space." \
+        "Another build can be chosen with --cpu or CINESCRIBE_TORCH_INDEX (docs/install.md)."
+}
+
 # ----------------------------------------------------------------------------------------------
 # PyTorch first, from the chosen index, so requirements.txt's torch>=2.4 is already satisfied
 # ----------------------------------------------------------------------------------------------
@@ -254,9 +262,26 @@ if [ "$NEED_TORCH" = 1 ]; then
     say "Installing PyTorch: pip install ${TORCH_ARGS[*]}"
     say "(a download of up to 3 GB; see logs/setup.log for details)"
     if ! venv_pip install "${TORCH_ARGS[@]}"; then
-        fail "Installing PyTorch failed (pip install ${TORCH_ARGS[*]})." \
-            "Check the internet connection (behind a proxy: export HTTPS_PROXY=http://host:port) and free disk space." \
-            "Another build can be chosen with --cpu or CINESCRIBE_TORCH_INDEX (docs/install.md)."
+        # PyTorch's index (or the mirror in CINESCRIBE_TORCH_INDEX) failed: torch from the index pip
+        # is configured with (PyPI or its mirror); torch_build.py says in one line what build that is.
+        if [ -z "$INDEX_URL" ] || ! "$VENV_PY" "$HELPER" fallback --plan "$PLAN.json" --platform linux \
+            --out "$PLAN.fallback" 2>>"$LOG"; then
+            torch_failed
+        fi
+        TORCH_ARGS=()
+        while IFS= read -r line || [ -n "$line" ]; do
+            value="${line#*=}"
+            case "${line%%=*}" in
+                VARIANT) VARIANT="$value" ;;
+                LINE) FALLBACK_LINE="$value" ;;
+                PIP_ARG) TORCH_ARGS+=("$value") ;;
+            esac
+        done <"$PLAN.fallback"
+        warn "$FALLBACK_LINE"
+        say "Installing PyTorch: pip install ${TORCH_ARGS[*]}"
+        venv_pip install "${TORCH_ARGS[@]}" || torch_failed
+        INDEX_URL=""
+        VERIFY=1
     fi
 fi
 
