@@ -93,6 +93,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       help="store transformer weights in fp8 (GPUs with sm 8.9+): less VRAM, changes the output")
     fast.add_argument("--asr-static-cache", action="store_true",
                       help="Whisper sequential decoding with a static KV cache (compiled on a CUDA GPU)")
+    fast.add_argument("--asr-engine", choices=("auto", "transformers", "ctranslate2"), default="auto",
+                      help="speech to text engine (auto: CTranslate2, int8 on a CPU, float16 on CUDA)")
     gpu.add_argument("--parallel", type=int, default=1, metavar="N",
                      help="run one Wan clip across N GPUs of this machine (context parallelism); other models: one GPU")
     gpu.add_argument("--preload", default="", help=f"load these tasks' default models at start: {','.join(TASKS)}")
@@ -123,6 +125,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         prompt_cache=args.prompt_cache,
         fp8=args.fp8,
         asr_static_cache=args.asr_static_cache,
+        asr_engine=args.asr_engine,
         preload=preload,
         demo=args.demo,
         parallel=args.parallel,
