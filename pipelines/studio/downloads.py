@@ -1,0 +1,290 @@
+"""Model downloads into ``<data>/models``: progress, resume, checksums, a disk-space check, delete.
+
+A download lists the repo at its source (``model_sources.py``: Hugging Face, an ``HF_ENDPOINT``
+mirror, or ModelScope), refuses with numbers when the disk lacks the space, fetches each file into
+``models/.partial/<org>--<name>/`` (``*.part`` files resume with an HTTP Range request after a
+dropped connection or a restart), checks every file against the source's sha256 (Hugging Face: the
+LFS sha256, or the git blob id of small files; ModelScope: its Sha256) and only then moves the
+folder to ``models/<org>--<name>/`` with ``cinescribe-source.json`` (source, repo, revision). A file
+that fails its check is deleted and nothing is published. ``device/loading.py`` finds the folder
+through ``find_downloaded``. ``DownloadManager`` runs downloads in background threads of the front
+process (never the GPU worker); ``download_model`` and ``delete_model`` are the plain functions an
+access check can wrap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+from . import model_sources
+from .model_sources import Listing, RemoteFile, SourceError, SourceUnreachable
+
+SIDECAR = "cinescribe-source.json"
+CHUNK = 1 << 20
+RETRIES = 5
+SPACE_MARGIN = 256 << 20  # left free after a download
+
+
+class DownloadError(RuntimeError):
+    """A download that cannot go on; the message says why, with numbers where there are any."""
+
+
+def folder_name(repo_id: str) -> str:
+    return repo_id.strip("/").replace("/", "--")
+
+
+def find_downloaded(repo_id: str, root: Path) -> tuple[Path, str] | None:
+    """(folder, 'source@revision') of a finished download of ``repo_id``, or None."""
+    folder = Path(root) / folder_name(repo_id)
+    try:
+        meta = json.loads((folder / SIDECAR).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return folder, f"{meta.get('source', '?')}@{meta.get('revision', '?')}"
+
+
+def free_space(path: Path) -> int:
+    """Free bytes on the disk holding ``path`` (tests patch this)."""
+    path = Path(path)
+    while not path.exists():
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
+def folder_size(folder: Path) -> int:
+    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file()) if Path(folder).is_dir() else 0
+
+
+def gib(n: int) -> str:
+    return f"{n / (1 << 30):.2f} GiB" if n >= 1 << 28 else f"{n / (1 << 20):.1f} MiB"
+
+
+@dataclass
+class Progress:
+    repo_id: str
+    state: str = "starting"  # starting | downloading | verifying | done | failed | stopped
+    source: str = ""
+    done: int = 0
+    total: int = 0
+    speed: float = 0.0  # bytes per second
+    eta: float | None = None  # seconds
+    file: str = ""
+    message: str = ""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def model_state(repo_id: str, root: Path) -> dict:
+    """State on disk: 'on disk' (a verified download), 'partly downloaded', or 'missing'; bytes used."""
+    found = find_downloaded(repo_id, root)
+    partial = Path(root) / ".partial" / folder_name(repo_id)
+    if found:
+        return {"state": "on disk", "size": folder_size(found[0]), "source": found[1], "folder": str(found[0])}
+    if partial.is_dir():
+        return {"state": "partly downloaded", "size": folder_size(partial), "source": "", "folder": str(partial)}
+    return {"state": "missing", "size": 0, "source": "", "folder": ""}
+
+
+def _check(path: Path, remote: RemoteFile) -> bool:
+    if remote.sha256:
+        digest = hashlib.sha256()
+    elif remote.git_sha1:
+        digest = hashlib.sha1(f"blob {path.stat().st_size}\0".encode())
+    else:
+        return path.stat().st_size == remote.size
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(CHUNK), b""):
+            digest.update(block)
+    return digest.hexdigest() == (remote.sha256 or remote.git_sha1)
+
+
+def _fetch(remote: RemoteFile, part: Path, progress: Progress, tick: Callable[[int], None],
+           stop: threading.Event, source: str) -> None:
+    """Fetch ``remote`` into ``part``, resuming from its size; retries dropped connections."""
+    attempts = 0
+    while True:
+        have = part.stat().st_size if part.exists() else 0
+        if have >= remote.size:
+            return
+        headers = {"User-Agent": "cinescribe", **model_sources.auth_headers(source)}
+        if have:
+            headers["Range"] = f"bytes={have}-"
+        try:
+            request = urllib.request.Request(remote.url, headers=headers)
+            with urllib.request.urlopen(request, timeout=model_sources.TIMEOUT) as response:
+                if have and response.status != 206:  # the server ignored the range: start over
+                    part.unlink()
+                    tick(-have)
+                    have = 0
+                with open(part, "ab") as handle:
+                    while True:
+                        if stop.is_set():
+                            raise DownloadError("stopped")
+                        block = response.read(CHUNK)
+                        if not block:
+                            break
+                        handle.write(block)
+                        tick(len(block))
+            if part.stat().st_size >= remote.size:
+                return
+            raise ConnectionError("the connection closed before the end of the file")
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as error:
+            if isinstance(error, urllib.error.HTTPError) and error.code < 500 and error.code != 416:
+                raise DownloadError(f"{remote.path}: the source answered {error.code}") from error
+            attempts += 1
+            if attempts > RETRIES:
+                raise DownloadError(f"{remote.path}: download failed after {RETRIES} retries ({error}); "
+                                    "start it again to resume") from error
+            progress.message = f"connection dropped ({error}); resuming {remote.path}"
+            time.sleep(min(2.0 ** attempts * 0.1, 5.0))
+
+
+def download_model(repo_id: str, root: Path, *, revision: str | None = None, source: str = "auto",
+                   on_progress: Callable[[Progress], None] | None = None,
+                   stop: threading.Event | None = None, listing: Listing | None = None) -> Path:
+    """Download ``repo_id`` into ``root``; returns the published folder. Raises ``DownloadError``."""
+    root = Path(root)
+    stop = stop or threading.Event()
+    progress = Progress(repo_id)
+    report = on_progress or (lambda p: None)
+    try:
+        listing = listing or model_sources.listing(repo_id, revision, source)
+    except (SourceUnreachable, SourceError) as error:
+        raise DownloadError(f"{repo_id}: {error}") from error
+    partial = root / ".partial" / folder_name(repo_id)
+    progress.source, progress.total = f"{listing.source}@{listing.revision}", listing.total
+    have = {f.path: (partial / (f.path + ".part")) for f in listing.files}
+    already = sum(min(p.stat().st_size, f.size) for f in listing.files if (p := have[f.path]).exists())
+    already += sum(f.size for f in listing.files if (partial / f.path).is_file())
+    need, free = listing.total - already, free_space(root)
+    if free < need + SPACE_MARGIN:
+        raise DownloadError(f"Not enough disk space for {repo_id}: needs {gib(need)} (+{gib(SPACE_MARGIN)} "
+                            f"kept free), {gib(free)} free on {root}.")
+    partial.mkdir(parents=True, exist_ok=True)
+    (partial / (SIDECAR + ".pending")).write_text(json.dumps({"source": listing.source, "repo": listing.repo_id,
+                                                           "revision": listing.revision}), encoding="utf-8")
+    progress.done, started, start_done = already, time.monotonic(), already
+    progress.state = "downloading"
+    report(progress)
+
+    def tick(n: int) -> None:
+        progress.done += n
+        elapsed = time.monotonic() - started
+        progress.speed = (progress.done - start_done) / elapsed if elapsed > 0 else 0.0
+        progress.eta = (progress.total - progress.done) / progress.speed if progress.speed > 0 else None
+        report(progress)
+
+    for remote in listing.files:
+        target = partial / remote.path
+        if target.is_file():
+            continue
+        part = have[remote.path]
+        part.parent.mkdir(parents=True, exist_ok=True)
+        progress.file = remote.path
+        _fetch(remote, part, progress, tick, stop, listing.source)
+        progress.state = "verifying"
+        report(progress)
+        if not _check(part, remote):
+            part.unlink()
+            progress.done -= remote.size
+            raise DownloadError(f"{remote.path} of {repo_id} does not match the checksum {listing.source} "
+                                "gives; the file was deleted and nothing was installed. Try again.")
+        part.replace(target)
+        progress.state = "downloading"
+    return _publish(repo_id, root, partial, listing)
+
+
+def _publish(repo_id: str, root: Path, partial: Path, listing: Listing) -> Path:
+    (partial / (SIDECAR + ".pending")).unlink(missing_ok=True)
+    (partial / SIDECAR).write_text(json.dumps({
+        "repo_id": repo_id, "source": listing.source, "source_repo": listing.repo_id,
+        "revision": listing.revision, "files": len(listing.files), "bytes": listing.total,
+        "downloaded": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=2), encoding="utf-8")
+    final = root / folder_name(repo_id)
+    if final.exists():  # an older download of the same repo: replaced only now that the new one is whole
+        old = root / ".partial" / (folder_name(repo_id) + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        final.replace(old)
+        shutil.rmtree(old, ignore_errors=True)
+    partial.replace(final)
+    return final
+
+
+def delete_model(repo_id: str, root: Path, in_use: Callable[[str], str | None] = lambda repo: None) -> int:
+    """Delete the download (and any partial one) of ``repo_id``; returns the bytes freed.
+    ``in_use(repo_id)`` says why the model is busy (resident in the worker, a queued job), or None."""
+    why = in_use(repo_id)
+    if why:
+        raise DownloadError(f"{repo_id} is in use ({why}); it was not deleted.")
+    freed = 0
+    for folder in (Path(root) / folder_name(repo_id), Path(root) / ".partial" / folder_name(repo_id)):
+        if folder.is_dir():
+            freed += folder_size(folder)
+            shutil.rmtree(folder)
+    return freed
+
+
+class DownloadManager:
+    """Downloads in background threads of the front process; ``status()`` for the page and the API."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self._lock = threading.Lock()
+        self._progress: dict[str, Progress] = {}
+        self._stops: dict[str, threading.Event] = {}
+        self._threads: dict[str, threading.Thread] = {}
+
+    def start(self, repo_id: str, *, revision: str | None = None, source: str = "auto") -> Progress:
+        with self._lock:
+            thread = self._threads.get(repo_id)
+            if thread is not None and thread.is_alive():
+                return self._progress[repo_id]
+            progress = self._progress[repo_id] = Progress(repo_id)
+            stop = self._stops[repo_id] = threading.Event()
+
+        def run() -> None:
+            def update(p: Progress) -> None:
+                with self._lock:
+                    self._progress[repo_id] = Progress(**p.as_dict())
+
+            try:
+                download_model(repo_id, self.root, revision=revision, source=source, on_progress=update, stop=stop)
+                final = Progress(**self._progress[repo_id].as_dict())
+                final.state, final.eta, final.message = "done", 0, "verified and installed"
+            except DownloadError as error:
+                final = Progress(**self._progress[repo_id].as_dict())
+                final.state = "stopped" if stop.is_set() else "failed"
+                final.message = str(error)
+            with self._lock:
+                self._progress[repo_id] = final
+
+        self._threads[repo_id] = threading.Thread(target=run, name=f"download-{repo_id}", daemon=True)
+        self._threads[repo_id].start()
+        return progress
+
+    def stop(self, repo_id: str) -> None:
+        if repo_id in self._stops:
+            self._stops[repo_id].set()
+
+    def wait(self, repo_id: str, timeout: float | None = None) -> Progress:
+        thread = self._threads.get(repo_id)
+        if thread is not None:
+            thread.join(timeout)
+        return self.status(repo_id)
+
+    def status(self, repo_id: str) -> Progress:
+        with self._lock:
+            return Progress(**(self._progress.get(repo_id) or Progress(repo_id, state="idle")).as_dict())
+
+    def active(self) -> list[str]:
+        return [repo for repo, thread in self._threads.items() if thread.is_alive()]
