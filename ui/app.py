@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import gradio as gr
 
 from .asr_tab import build_asr_tab
@@ -13,6 +15,9 @@ from .i2v_tab import build_i2v_tab
 from .live_panel import build_live_panel, status_strip
 from .system_tab import build_system_tab
 from .t2v_tab import build_t2v_tab
+
+if TYPE_CHECKING:
+    from pipelines.scale.executor import Executor
 
 CSS = """
 .cs-strip {font-size: 0.9em; padding: 4px 8px; border-radius: 6px; background: var(--block-background-fill);}
@@ -102,7 +107,7 @@ def offline_theme() -> gr.themes.Base:
     )
 
 
-def build_demo(worker, settings, controller, log_buffer=None, access=None) -> gr.Blocks:
+def build_demo(worker: Executor, settings, controller, log_buffer=None, access=None) -> gr.Blocks:
     """The page. ``access`` (``ui.auth_access.Access``): users, roles and file owners; None: one person's studio."""
     translator = Translator()
     with gr.Blocks(title="Cinescribe") as demo:
