@@ -179,3 +179,29 @@ def test_manager_downloads_in_the_background(hub, tmp_path):
     final = manager.wait(REPO, timeout=60)
     assert final.state == "done", final.message
     assert final.done == final.total > 0
+
+
+def test_the_loader_finds_a_download_and_names_its_source(hub, tmp_path):
+    from pipelines.device.loading import resolve_source
+    from pipelines.families.catalogue import CATALOGUE
+    from pipelines.studio.settings import Settings
+
+    downloads.download_model(REPO, tmp_path / "data" / "models", source="modelscope")
+    folder, revision = resolve_source(CATALOGUE["whisper-small"], Settings(data_dir=tmp_path / "data"))
+    assert folder == tmp_path / "data" / "models" / "openai--whisper-small" and revision.startswith("modelscope@")
+
+
+def test_download_models_cli_resumes_shows_progress_and_lists(hub, tmp_path, capsys):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import download_models
+
+    hub.drop_after = 1000
+    assert download_models.main(["whisper-small", "--source", "huggingface", "--data-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr()
+    assert "verified and installed" in out.out and "huggingface@c0ffee" in out.out
+    assert download_models.main(["--list", "--data-dir", str(tmp_path)]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert "on disk" in rows["whisper-small"] and "missing" in rows["whisper-large-v3"]
+    assert download_models.main(["nonsense", "--data-dir", str(tmp_path)]) == 2

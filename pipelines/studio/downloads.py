@@ -14,8 +14,10 @@ access check can wrap.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
+import posixpath
 import shutil
 import threading
 import time
@@ -32,6 +34,30 @@ SIDECAR = "cinescribe-source.json"
 CHUNK = 1 << 20
 RETRIES = 5
 SPACE_MARGIN = 256 << 20  # left free after a download
+
+
+# Formats no loader reads (exact paths for *.bin beside safetensors; see skipped_files).
+IGNORE_ALWAYS = ["*.msgpack", "*.h5", "*.ot", "*.onnx", "*.onnx_data", "*.tflite", "*.mlmodel",
+                 "*.mlpackage/*", "*.gguf", "*.ckpt", "*.pth", "*.pt", "coreml/*", "onnx/*"]
+
+
+def skipped_files(files: list[str]) -> list[str]:
+    """Patterns and paths not fetched: formats no loader reads, *.bin weights where the same folder has
+    safetensors, and, in a diffusers repository (``model_index.json``), single-file checkpoints at its
+    top (``from_pretrained`` reads the component folders; a LoRA the catalogue names comes on its own)."""
+    with_safetensors = {posixpath.dirname(f) for f in files if f.endswith(".safetensors")}
+    skipped = [f for f in files if f.endswith(".bin") and posixpath.dirname(f) in with_safetensors]
+    if "model_index.json" in files:
+        skipped += [f for f in files if "/" not in f and f.endswith((".safetensors", ".ckpt", ".pt", ".pth", ".gguf"))]
+    return IGNORE_ALWAYS + skipped
+
+
+def wanted(listing: Listing) -> Listing:
+    """``listing`` without the files ``skipped_files`` leaves out (and without .gitattributes / README)."""
+    skip = skipped_files([f.path for f in listing.files])
+    keep = [f for f in listing.files if not any(fnmatch.fnmatch(f.path, pattern) for pattern in skip)
+            and posixpath.basename(f.path) not in (".gitattributes", "configuration.json")]
+    return Listing(listing.source, listing.repo_id, listing.revision, keep)
 
 
 class DownloadError(RuntimeError):
@@ -158,7 +184,7 @@ def download_model(repo_id: str, root: Path, *, revision: str | None = None, sou
     progress = Progress(repo_id)
     report = on_progress or (lambda p: None)
     try:
-        listing = listing or model_sources.listing(repo_id, revision, source)
+        listing = wanted(listing or model_sources.listing(repo_id, revision, source))
     except (SourceUnreachable, SourceError) as error:
         raise DownloadError(f"{repo_id}: {error}") from error
     partial = root / ".partial" / folder_name(repo_id)
