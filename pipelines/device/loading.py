@@ -57,6 +57,11 @@ def resolve_source(spec: ModelSpec, settings: Settings, family=None) -> tuple[Pa
     local = Path(spec.repo_id).expanduser()
     if local.is_dir():
         return local, "local"
+    from ..studio.downloads import find_downloaded  # the Models page / download_models.py: <data>/models
+
+    downloaded = find_downloaded(spec.repo_id, settings.data_dir / "models")
+    if downloaded:
+        return downloaded  # (folder, "source@revision")
     from huggingface_hub import snapshot_download
     from huggingface_hub.constants import HF_HUB_CACHE
 
