@@ -95,6 +95,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       help="Whisper sequential decoding with a static KV cache (compiled on a CUDA GPU)")
     fast.add_argument("--asr-engine", choices=("auto", "transformers", "ctranslate2"), default="auto",
                       help="speech to text engine (auto: CTranslate2, int8 on a CPU, float16 on CUDA)")
+    fast.add_argument("--models-dir", default="", metavar="DIR",
+                      help="a folder of your own Whisper models, one per sub-folder (besides models/whisper/)")
     gpu.add_argument("--parallel", type=int, default=1, metavar="N",
                      help="run one Wan clip across N GPUs of this machine (context parallelism); other models: one GPU")
     gpu.add_argument("--preload", default="", help=f"load these tasks' default models at start: {','.join(TASKS)}")
@@ -126,6 +128,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         fp8=args.fp8,
         asr_static_cache=args.asr_static_cache,
         asr_engine=args.asr_engine,
+        asr_models_dir=args.models_dir,
         preload=preload,
         demo=args.demo,
         parallel=args.parallel,

@@ -69,6 +69,13 @@ def load(spec, settings, device: str, dtype: str):
     from ..device.loading import resolve_source
 
     engine = choose_engine(getattr(settings, "asr_engine", "auto"), device, settings)
+    if spec.extra.get("custom"):  # a creator's folder: the engine its layout is for
+        folder, revision = resolve_source(spec, settings) if not settings.demo else (Path(spec.repo_id), "local")
+        if spec.extra.get("hub_repo"):
+            revision = folder.name
+        if is_ct2_folder(folder):
+            return load_ct2(spec, folder, revision, device, dtype, settings)
+        return _recorded(load_transformers(spec, settings, device, dtype, folder, revision), folder, revision)
     if engine == "transformers":
         return load_transformers(spec, settings, device, dtype)
     ct2_repo = spec.extra.get("ct2_repo")
@@ -84,8 +91,15 @@ def load(spec, settings, device: str, dtype: str):
         folder, revision = resolve_source(spec, settings)
     if not is_ct2_folder(folder):  # a transformers checkpoint asked for on CTranslate2: transformers runs it
         logger.info("Whisper: %s has no model.bin (CTranslate2); running it on transformers.", folder)
-        return load_transformers(spec, settings, device, dtype, folder, revision)
+        return _recorded(load_transformers(spec, settings, device, dtype, folder, revision), folder, revision)
     return load_ct2(spec, folder, revision, device, dtype, settings)
+
+
+def _recorded(loaded, folder: Path, revision: str):
+    """A creator's folder: the sidecar records the folder and a hash of its weights."""
+    if revision == "local":
+        loaded.optimisations.update(folder=str(folder), weights_sha256=weights_hash(Path(folder)))
+    return loaded
 
 
 def load_ct2(spec, folder: Path, revision: str, device: str, dtype: str, settings=None):

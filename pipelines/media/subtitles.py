@@ -18,6 +18,10 @@ from dataclasses import dataclass, field
 
 READING_SECONDS_PER_CHAR = 0.06  # used only to guess the end of a segment Whisper left open
 SENTENCE_END = (".", "?", "!", "。", "？", "！", "…")
+CLAUSE_END = (",", ";", ":", "，", "、", "；", "：", "—")
+# Words a cue or a line never ends on (it would leave "the" hanging): articles of the common languages.
+ARTICLES = frozenset({"the", "a", "an", "le", "la", "les", "un", "une", "des", "el", "los", "las", "der", "das",
+                      "ein", "eine", "il", "lo", "gli", "uno"})
 _CJK = (
     "\u2e80-\u2fdf\u3000-\u303f\u3040-\u30ff\u3100-\u312f\u3130-\u318f\u31a0-\u31ff\u3400-\u4dbf\u4e00-\u9fff"
     "\uac00-\ud7af\uf900-\ufaff\uff00-\uffef"
@@ -206,19 +210,42 @@ def _join(units: list[_Unit]) -> str:
     return "".join((" " if unit.space and i else "") + unit.text for i, unit in enumerate(units))
 
 
+def _is_article(unit: _Unit) -> bool:
+    return unit.text.lower() in ARTICLES
+
+
 def _wrap(units: list[_Unit], columns: int) -> list[list[_Unit]]:
-    """Greedy wrap of units into lines at most ``columns`` wide."""
+    """Greedy wrap of units into lines at most ``columns`` wide; a line that would end on an article
+    ("the", "a") hands it to the next line when that line still fits."""
     lines: list[list[_Unit]] = []
     current: list[_Unit] = []
     for unit in units:
         if current and width(_join(current + [unit])) > columns:
-            lines.append(current)
-            current = [unit]
+            if len(current) > 1 and _is_article(current[-1]) and width(_join([current[-1], unit])) <= columns:
+                lines.append(current[:-1])
+                current = [current[-1], unit]
+            else:
+                lines.append(current)
+                current = [unit]
         else:
             current.append(unit)
     if current:
         lines.append(current)
     return lines
+
+
+def _break_at(units: list[_Unit]) -> int:
+    """How many of ``units`` a cue that must end takes: up to the last sentence end, else clause end, in
+    its second half; else all but the articles it would end on."""
+    n = len(units)
+    for ends in (SENTENCE_END, CLAUSE_END):
+        for i in range(n - 1, n // 2 - 1, -1):
+            if units[i].text.endswith(ends):
+                return i + 1
+    keep = n
+    while keep > 1 and _is_article(units[keep - 1]):
+        keep -= 1
+    return keep
 
 
 def wrap_balanced(units_or_text, max_chars: int) -> list[str]:
@@ -255,8 +282,13 @@ def segments_to_cues(segments: list[Segment], rules: SubtitleRules = SubtitleRul
             too_long = not _fits(candidate, rules)
             too_slow = bool(current) and unit.end - current[0].start > rules.max_cue_seconds
             if current and (too_long or too_slow):
-                groups.append(current)
-                current = [unit]
+                keep = _break_at(current)
+                groups.append(current[:keep])
+                rest = current[keep:]
+                if rest and (not _fits(rest + [unit], rules) or unit.end - rest[0].start > rules.max_cue_seconds):
+                    groups.append(rest)
+                    rest = []
+                current = rest + [unit]
             else:
                 current = candidate
             # close a cue at a sentence end once it is reasonably full

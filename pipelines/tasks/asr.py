@@ -42,14 +42,13 @@ from __future__ import annotations
 import logging
 
 from ..studio.jobs import Job, JobCancelled, RequestError
-from ..families.catalogue import get_spec
 from ..families.whisper import WHISPER_LANGUAGES, WhisperBundle  # noqa: F401  (named here too, for the UI)
 from ..families.whisper_load import load_transformers as load_asr_model  # noqa: F401
 from .asr_ct2 import CT2Transcriber
 from .asr_decode import RETRY, _Transcriber, _Window, plan_windows  # noqa: F401
 from .asr_outputs import _transcribed_before, _write_zip
 from .asr_request import *  # noqa: F401,F403  (the request, its limits and checks, as before the split)
-from .asr_request import ASRRequest, validate_asr
+from .asr_request import ASRRequest, asr_spec, validate_asr
 
 logger = logging.getLogger(__name__)
 
@@ -67,10 +66,11 @@ def _transformers_transcriber(job, ctx, request, loaded, loaded_now, spec) -> _T
 
 def run_asr(job: Job, ctx) -> dict:
     """Run a validated ``ASRRequest`` over its files; returns one entry per file (done or failed) and the zip."""
-    request: ASRRequest = validate_asr(job.request, demo=ctx.settings.demo)
+    models_dir = getattr(ctx.settings, "asr_models_dir", "")
+    request: ASRRequest = validate_asr(job.request, demo=ctx.settings.demo, models_dir=models_dir)
     for text in request.notes:
         ctx.note(text)
-    spec = get_spec(request.model)
+    spec = asr_spec(request.model, models_dir)
 
     # 1. Model: resident after the first job.
     loaded, loaded_now = ctx.model(spec)

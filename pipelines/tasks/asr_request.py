@@ -94,6 +94,26 @@ def _as_list(value: Any) -> list:
     return [value]
 
 
+def asr_spec(model: Any, models_dir=None):
+    """The catalogue entry, or a creator's model (``models/whisper/<name>/``, ``--models-dir``, or a repo id
+    in the Hugging Face cache) called ``model``; a clear ``RequestError`` otherwise."""
+    from ..families.whisper_custom import NotAWhisper, custom_spec
+
+    name = model if isinstance(model, str) else str(model)  # a list: no KeyError
+    try:
+        return get_spec(name)
+    except ValueError as error:
+        unknown = str(error)
+    try:
+        spec = custom_spec(name.strip(), models_dir)
+    except NotAWhisper as error:
+        raise RequestError(str(error), key="asr_not_whisper", model=name) from None
+    if spec is None:
+        raise RequestError(unknown + " Your own Whisper: a folder in models/whisper/ (or --models-dir), or a "
+                           "Hugging Face repo id already in the cache.", key="model_unknown", model=name)
+    return spec
+
+
 def _as_bool(value: Any) -> bool:
     """A switch from the page, the API or a batch line: ``"off"``/``"false"``/``"0"``/``"no"`` are off."""
     if isinstance(value, str):
@@ -101,7 +121,7 @@ def _as_bool(value: Any) -> bool:
     return bool(value)
 
 
-def validate_asr(request: ASRRequest, demo: bool = False) -> ASRRequest:
+def validate_asr(request: ASRRequest, demo: bool = False, models_dir=None) -> ASRRequest:
     """Check and normalise a request before any GPU work; returns a new request (notes say what changed)."""
     from ..media.audio import MAX_DURATION_S
 
@@ -114,10 +134,7 @@ def validate_asr(request: ASRRequest, demo: bool = False) -> ASRRequest:
                            count=len(files), limit=MAX_FILES)
     names = [str(n) for n in _as_list(request.names)][: len(files)]
     names += [Path(f).name for f in files[len(names):]]
-    try:
-        spec = get_spec(request.model if isinstance(request.model, str) else str(request.model))  # a list: no KeyError
-    except ValueError as error:
-        raise RequestError(str(error), key="model_unknown", model=str(request.model)) from None
+    spec = asr_spec(request.model, models_dir)
     if spec.task != "asr":
         raise RequestError(f"{spec.title} is not a speech recognition model.", key="asr_model_wrong_task", model=spec.title)
     task = str(request.task or "transcribe").strip().lower()
@@ -128,6 +145,14 @@ def validate_asr(request: ASRRequest, demo: bool = False) -> ASRRequest:
     if task == "translate" and spec.id in NOT_TRAINED_TO_TRANSLATE:
         model_id = TRANSLATION_MODEL
         notes.append(f"{spec.title} was not trained to translate; translation uses {get_spec(model_id).title}.")
+    language = language_code(request.language)
+    if spec.extra.get("english_only") and language not in ("auto", "en"):
+        raise RequestError(f"{spec.title} is an English-only model: it transcribes English only.",
+                           key="asr_english_only", model=spec.title)
+    if spec.extra.get("english_only"):
+        if language == "auto":
+            notes.append(f"{spec.title} is an English-only model: the language is English.")
+        language, task = "en", "transcribe"
     mode = str(request.mode or "chunked").strip().lower()
     if mode not in MODES:
         raise RequestError(f"Long-audio mode must be chunked or sequential, not {request.mode!r}.", key="asr_mode",
@@ -137,7 +162,7 @@ def validate_asr(request: ASRRequest, demo: bool = False) -> ASRRequest:
         files=files,
         names=names,
         model=model_id,
-        language=language_code(request.language),
+        language=language,
         task=task,
         mode=mode,
         batch_size=parse_number(request.batch_size or 0, "Batch size", int, 0, MAX_BATCH_SIZE, "asr_batch"),

