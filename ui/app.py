@@ -13,6 +13,7 @@ from .history_tab import build_history_tab
 from .identity import visible_status
 from .i2v_tab import build_i2v_tab
 from .live_panel import build_live_panel, status_strip
+from .models_tab import ModelsApi, build_models_tab
 from .system_tab import build_system_tab
 from .t2v_tab import build_t2v_tab
 
@@ -139,6 +140,8 @@ def build_demo(worker: Executor, settings, controller, log_buffer=None, access=N
             with translator.bind(gr.Tab("System", id="system"), label="tab_system") as system_tab:
                 describe, info = build_system_tab(worker, settings, controller, translator, lang_state,
                                                   access=access, admin_only=admin_only)
+            with translator.bind(gr.Tab("Models", id="models"), label="models_tab"):
+                language_hooks += build_models_tab(ModelsApi(settings, worker), translator, lang_state)
         build_live_panel(worker, log_buffer, translator, lang_state, strip, access=access)
 
         components = translator.components
