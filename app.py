@@ -105,6 +105,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                           "else a new one on this machine) or a Ray address, e.g. 10.0.0.1:6379 (docs/cluster.md)")
     parser.add_argument("--demo", action="store_true",
                         help="tiny random models built locally: the whole app runs with no weights and no network")
+    parser.add_argument("--model-source", default="auto", choices=["auto", "huggingface", "modelscope"],
+                        help="where the Models tab downloads weights: auto (Hugging Face or HF_ENDPOINT's mirror, "
+                             "ModelScope when that cannot be reached), huggingface, modelscope")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser.parse_args(argv)
 
@@ -133,6 +136,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         demo=args.demo,
         parallel=args.parallel,
         cluster=args.cluster,
+        extra={"model_source": args.model_source},
     )
 
 

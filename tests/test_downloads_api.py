@@ -42,3 +42,14 @@ def test_models_lists_downloads_in_the_background_and_deletes(served):
     assert client.predict("whisper-small", True, api_name="/models_delete") > 0
     rows = {row["id"]: row for row in client.predict(api_name="/models")}
     assert rows["whisper-small"]["state"] == "missing"
+
+
+def test_model_source_flag_sets_the_pages_default_source():
+    import app
+    from ui.models_tab import ModelsApi
+
+    settings = app.settings_from_args(app.parse_args(["--model-source", "modelscope"]))
+    assert ModelsApi(settings, worker=None).source == "modelscope"
+    assert ModelsApi(app.settings_from_args(app.parse_args([])), worker=None).source == "auto"
+    with pytest.raises(SystemExit):
+        app.parse_args(["--model-source", "ftp"])

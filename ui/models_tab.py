@@ -62,6 +62,7 @@ class ModelsApi:
     source: str = "auto"
 
     def __post_init__(self):
+        self.source = (getattr(self.settings, "extra", None) or {}).get("model_source", self.source)
         self.manager = self.manager or downloads.DownloadManager(models_root(self.settings))
 
     def list_models(self) -> list[dict]:
