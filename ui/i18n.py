@@ -109,7 +109,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "err_clips_range": "Number of clips must be between {low:g} and {high:g}, not {value:g}.",
         "err_duration_type": "Duration must be a number, not {value}.",
         "err_duration_range": "Duration must be between {low:g} and {high:g} seconds, not {value:g}.",
-        "err_model_missing": "{model} ({repo}) is not on this machine. Fetch it with: {command}",
+        "err_model_missing": "{model} ({repo}) is not on this machine. Download it in the Models tab (or run: {command}).",
         "err_oom": "Out of GPU memory. Release VRAM frees models kept from earlier jobs; for video, try fewer "
         "frames or a lower resolution, or start with --memory-level model_offload.",
         "err_oom_lowest_level": "Out of GPU memory even at the lowest memory level (sequential offload, VAE in tiles) "
@@ -233,7 +233,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "err_clips_range": "生成数量必须在 {low:g} 到 {high:g} 之间，而不是 {value:g}。",
         "err_duration_type": "时长必须是数字，而不是 {value}。",
         "err_duration_range": "时长必须在 {low:g} 到 {high:g} 秒之间，而不是 {value:g}。",
-        "err_model_missing": "本机没有 {model}（{repo}）。下载命令：{command}",
+        "err_model_missing": "本机没有 {model}（{repo}）。请在「模型」页下载（或运行：{command}）。",
         "err_oom": "GPU 显存不足。“释放显存”可卸载之前任务留下的模型；视频任务可减少帧数或降低分辨率，"
         "或使用 --memory-level model_offload 启动。",
         "err_oom_lowest_level": "即使在最低显存档位（逐层卸载、VAE 分块解码）下，{model} 生成 {frames} 帧 "
