@@ -148,3 +148,40 @@ def test_a_folder_that_is_not_whisper_gets_a_message_and_the_batch_goes_on(ct2_w
     entries = run(ct2_worker, files=[str(speech["english"]), str(speech["english"].with_name("missing.wav"))],
                   model="tiny.en")
     assert [e["ok"] for e in entries] == [True, False]
+
+
+# --- transformers: the same base weights, rewritten into its layout ------------------------------------
+
+
+@pytest.fixture(scope="session")
+def hf_models(tmp_path_factory, real_models) -> Path:
+    """``base`` rewritten as a transformers Whisper (once per session)."""
+    from tests.asr_ct2_to_hf import convert
+
+    root = tmp_path_factory.mktemp("whisper_hf")
+    convert(real_models / "base", root / "base")
+    return root
+
+
+@pytest.fixture(scope="module")
+def hf_worker(tmp_path_factory, hf_models):
+    worker = make_worker(tmp_path_factory, hf_models, "transformers")
+    yield worker
+    worker.stop()
+
+
+@pytest.mark.parametrize("mode", ["chunked", "sequential"])
+def test_base_on_transformers_transcribes_english(hf_worker, speech, mode):
+    [entry] = run(hf_worker, files=[str(speech["english"])], model="base", mode=mode, max_line_chars=30)
+    assert entry["ok"], entry
+    assert wer(ENGLISH, entry["text"]) < BASE_WER, entry["text"]
+    data = check_outputs(entry, duration(speech["english"]))
+    assert data["language"]["detected"] == "en"
+    assert data["model"]["engine"] == "transformers" and data["model"]["compute_type"] == "fp32"
+    assert len(data["model"]["weights_sha256"]) == 64
+
+
+def test_base_on_transformers_detects_french(hf_worker, speech):
+    [entry] = run(hf_worker, files=[str(speech["french"])], model="base")
+    assert entry["ok"], entry
+    assert json.loads(Path(entry["files"]["json"]).read_text(encoding="utf-8"))["language"]["detected"] == "fr"
