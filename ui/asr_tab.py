@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -20,11 +21,15 @@ from pipelines.tasks.asr import (
 from pipelines.studio.jobs import JobState, RequestError
 from pipelines.studio.paths import user_file
 from pipelines.families.catalogue import DEFAULT_MODEL, get_spec, models_for
+from pipelines.families.whisper_custom import NotAWhisper, custom_spec, list_custom
 
 from .i18n import Translator, error_text, request_language, t
 from .i18n import model_note as catalogue_note
 from .identity import cancel_handler, owner_of
 from .job_status import follow_job, page_twin
+
+
+logger = logging.getLogger(__name__)
 
 
 def language_choices(lang: str) -> list[tuple[str, str]]:
@@ -41,12 +46,21 @@ def mode_choices(lang: str) -> list[tuple[str, str]]:
     return [(t(lang, "asr_mode_chunked"), "chunked"), (t(lang, "asr_mode_sequential"), "sequential")]
 
 
-def model_note(lang: str, model_id: str, task: str, demo: bool) -> str:
+def model_note(lang: str, model_id: str, task: str, demo: bool, models_dir: str = "") -> str:
     parts = []
     try:
         spec = get_spec(model_id)
     except ValueError as error:
-        return f"⚠ {error}"
+        try:
+            spec = custom_spec(str(model_id or "").strip(), models_dir)
+        except NotAWhisper as problem:
+            return f"⚠ {problem}"
+        if spec is None:
+            return f"⚠ {error}"
+        parts.append(t(lang, "asr_note_custom", folder=spec.repo_id))
+        if spec.extra.get("english_only"):
+            parts.append(t(lang, "asr_note_english_only", model=spec.title))
+        return "\n\n".join(parts)
     if task == "translate" and spec.id in NOT_TRAINED_TO_TRANSLATE:
         parts.append(t(lang, "asr_note_translate_switch", model=spec.title, target=get_spec(TRANSLATION_MODEL).title))
     elif spec.notes:
@@ -94,6 +108,9 @@ def build_asr_tab(worker, settings, translator: Translator, lang_state: gr.State
     """Build the tab; returns ``(fn, inputs, outputs)`` hooks to run after a language change."""
     demo = settings.demo
     specs = models_for("asr")
+    own, problems = list_custom(settings.asr_models_dir)  # folders that are not a Whisper: logged, not listed
+    for problem in problems:
+        logger.warning("Whisper models folder: %s", problem)
     default_model = DEFAULT_MODEL["asr"]
 
     with gr.Row():
@@ -108,8 +125,9 @@ def build_asr_tab(worker, settings, translator: Translator, lang_state: gr.State
             )
             with gr.Row():
                 model = translator.bind(
-                    gr.Dropdown([(s.title, s.id) for s in specs], value=default_model, label=t("en", "asr_model"),
-                                elem_id="asr-model"),
+                    gr.Dropdown([(s.title, s.id) for s in specs] + [(s.id, s.id) for s in own], value=default_model,
+                                label=t("en", "asr_model"), elem_id="asr-model",
+                                allow_custom_value=True),  # a Hugging Face repo id in the cache (a fine-tune)
                     label="asr_model",
                 )
                 language = translator.bind(
@@ -135,6 +153,9 @@ def build_asr_tab(worker, settings, translator: Translator, lang_state: gr.State
                     )
                     words = translator.bind(
                         gr.Checkbox(value=False, label=t("en", "asr_words"), elem_id="asr-words"), label="asr_words"
+                    )
+                    vad = translator.bind(
+                        gr.Checkbox(value=True, label=t("en", "asr_vad"), elem_id="asr-vad"), label="asr_vad"
                     )
                 with gr.Row():
                     line_chars = translator.bind(
@@ -179,7 +200,7 @@ def build_asr_tab(worker, settings, translator: Translator, lang_state: gr.State
     job_id = gr.State("")
 
     def note_for(model_id, task_name, lang):
-        return model_note(lang, model_id, task_name, demo)
+        return model_note(lang, model_id, task_name, demo, settings.asr_models_dir)
 
     note_inputs = [model, task, lang_state]
     for component in (model, task):
@@ -188,7 +209,7 @@ def build_asr_tab(worker, settings, translator: Translator, lang_state: gr.State
     # --- the job --------------------------------------------------------------------------------------
 
     def run(files, microphone, model, language, task, mode, batch_size, word_timestamps, max_line_chars, max_lines,
-            max_cue_seconds, max_new_tokens, lang, request: gr.Request):
+            max_cue_seconds, max_new_tokens, vad, lang, request: gr.Request):
         """Transcribe audio or video files (and/or a microphone recording) to text and subtitles."""
         lang = request_language(lang, request)
         try:  # no path from the API may leave the app's folders (Gradio already keeps them in its uploads)
@@ -205,10 +226,10 @@ def build_asr_tab(worker, settings, translator: Translator, lang_state: gr.State
             files=paths, names=names, model=model, language=language or "auto", task=task or "transcribe",
             mode=mode or "chunked", batch_size=batch_size or 0, word_timestamps=bool(word_timestamps),
             max_line_chars=max_line_chars, max_lines=max_lines, max_cue_seconds=max_cue_seconds,
-            max_new_tokens=max_new_tokens or 0,
+            max_new_tokens=max_new_tokens or 0, vad=True if vad is None else bool(vad),
         )
         try:
-            asr_request = validate_asr(asr_request, demo=demo)  # fail fast, before the queue
+            asr_request = validate_asr(asr_request, demo=demo, models_dir=settings.asr_models_dir)  # fail fast, before the queue
             job = worker.submit("asr", asr_request, owner=owner_of(request))
         except RequestError as error:
             raise gr.Error(error_text(lang, error.key, error.params, str(error)), print_exception=False)
@@ -243,7 +264,7 @@ def build_asr_tab(worker, settings, translator: Translator, lang_state: gr.State
         yield (message, "", _language_lines(lang, result["files"], asr_request.language), _transcript(result["files"]),
                outputs, json.dumps(sidecar, indent=2, ensure_ascii=False))
 
-    inputs = [files, microphone, model, language, task, mode, batch, words, line_chars, lines, cue_seconds, tokens,
+    inputs = [files, microphone, model, language, task, mode, batch, words, line_chars, lines, cue_seconds, tokens, vad,
               lang_state]
     outputs = [status, job_id, detected, transcript, downloads, recorded]
     # The API raises its errors (a hidden trigger); the page writes them in the status line and arms Stop.
@@ -265,7 +286,7 @@ def build_asr_tab(worker, settings, translator: Translator, lang_state: gr.State
     if forms is not None:  # for the History tab's "Reuse settings": request field -> component
         forms["asr"] = {"model": model, "language": language, "task": task, "mode": mode, "batch_size": batch,
                         "word_timestamps": words, "max_line_chars": line_chars, "max_lines": lines,
-                        "max_cue_seconds": cue_seconds, "max_new_tokens": tokens}
+                        "max_cue_seconds": cue_seconds, "max_new_tokens": tokens, "vad": vad}
     return [
         (note_for, note_inputs, [note]),
         (relabel_choices, [lang_state, language, task, mode], [language, task, mode]),
