@@ -58,10 +58,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="auto: Hugging Face (or HF_ENDPOINT), then ModelScope when it cannot be reached")
     parser.add_argument("--revision", default=None, help="branch, tag or commit (default: the main branch)")
     parser.add_argument("--data-dir", default="data", help="the app's data folder (models go to DATA/models)")
+    parser.add_argument("--all", action="store_true", help="every catalogue model")
     parser.add_argument("--delete", action="store_true", help="delete these models' downloads")
     args = parser.parse_args(argv)
     root = Path(args.data_dir) / "models"
     known = catalogue()
+    if args.all:
+        args.models = list(known)
     if args.list or not args.models:
         for model_id, spec in known.items():
             repo = spec.repo_id
