@@ -17,14 +17,13 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
-import posixpath
 import shutil
 import threading
 import time
 import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Callable
 
 from . import model_sources
@@ -45,8 +44,8 @@ def skipped_files(files: list[str]) -> list[str]:
     """Patterns and paths not fetched: formats no loader reads, *.bin weights where the same folder has
     safetensors, and, in a diffusers repository (``model_index.json``), single-file checkpoints at its
     top (``from_pretrained`` reads the component folders; a LoRA the catalogue names comes on its own)."""
-    with_safetensors = {posixpath.dirname(f) for f in files if f.endswith(".safetensors")}
-    skipped = [f for f in files if f.endswith(".bin") and posixpath.dirname(f) in with_safetensors]
+    with_safetensors = {PurePosixPath(f).parent for f in files if f.endswith(".safetensors")}
+    skipped = [f for f in files if f.endswith(".bin") and PurePosixPath(f).parent in with_safetensors]
     if "model_index.json" in files:
         skipped += [f for f in files if "/" not in f and f.endswith((".safetensors", ".ckpt", ".pt", ".pth", ".gguf"))]
     return IGNORE_ALWAYS + skipped
@@ -56,7 +55,7 @@ def wanted(listing: Listing) -> Listing:
     """``listing`` without the files ``skipped_files`` leaves out (and without .gitattributes / README)."""
     skip = skipped_files([f.path for f in listing.files])
     keep = [f for f in listing.files if not any(fnmatch.fnmatch(f.path, pattern) for pattern in skip)
-            and posixpath.basename(f.path) not in (".gitattributes", "configuration.json")]
+            and PurePosixPath(f.path).name not in (".gitattributes", "configuration.json")]
     return Listing(listing.source, listing.repo_id, listing.revision, keep)
 
 
