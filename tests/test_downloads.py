@@ -205,3 +205,15 @@ def test_download_models_cli_resumes_shows_progress_and_lists(hub, tmp_path, cap
     rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
     assert "on disk" in rows["whisper-small"] and "missing" in rows["whisper-large-v3"]
     assert download_models.main(["nonsense", "--data-dir", str(tmp_path)]) == 2
+
+
+def test_a_failed_download_resumes_when_started_again(hub, tmp_path, monkeypatch):
+    """As after a restart: the first run gives up mid-file, the second goes on from the bytes on disk."""
+    hub.drop_after = 1000
+    monkeypatch.setattr(downloads, "RETRIES", 0)
+    with pytest.raises(downloads.DownloadError, match="resume"):
+        downloads.download_model(REPO, tmp_path, source="huggingface")
+    assert downloads.model_state(REPO, tmp_path)["state"] == "partly downloaded"
+    weights = next(n for n in hub.files if n.endswith(".safetensors"))
+    folder = downloads.download_model(REPO, tmp_path, source="huggingface")
+    assert hub.ranges.count((weights, 1000)) == 1 and (folder / weights).read_bytes() == hub.files[weights]
