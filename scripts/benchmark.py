@@ -4,6 +4,7 @@
     python scripts/benchmark.py --demo --repeat 2            # tiny models: the app's own overhead (CI)
     python scripts/benchmark.py --random-weights --baseline  # real architectures, no download needed
     python scripts/benchmark.py --tasks asr --random-weights # Whisper: exactly 100 tokens per 30-s window
+    python scripts/benchmark.py --tasks asr --asr-real 10    # CPU, real Whisper base: our engines vs theirs
     python scripts/benchmark.py --model wan2.1-t2v-14b       # real weights from the HF cache
     python scripts/benchmark.py --demo --soak 50             # 50 mixed jobs back to back
     python scripts/benchmark.py --tasks t2v --random-weights --baseline --compile --step-cache 0.1 --turbo
@@ -33,6 +34,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     mode.add_argument("--random-weights", action="store_true",
                       help="real architectures at real size with random weights (no download)")
     parser.add_argument("--tasks", default="t2v,i2v,asr", help="comma-separated tasks (default t2v,i2v,asr)")
+    parser.add_argument("--asr-real", type=float, default=0, metavar="MINUTES",
+                        help="with --tasks asr: the CPU run on real Whisper base weights over MINUTES of espeak-ng speech, "
+                             "our two engines next to faster-whisper's and transformers' own calls "
+                             "(pipelines/bench/asr_real.py)")
     parser.add_argument("--model", help="model id (default: each task's default model)")
     parser.add_argument("--workloads", help="only workloads whose name contains one of these (comma-separated)")
     parser.add_argument("--repeat", type=int, default=5, help="timed runs per workload after one warm-up (default 5)")
@@ -86,6 +91,12 @@ def main(argv=None) -> int:
                         fp8=args.fp8, vae_tiling=args.vae_tiling, gpu_memory_gb=args.gpu_memory,
                         asr_static_cache=args.asr_static_cache)
     tasks = tuple(task.strip() for task in args.tasks.split(",") if task.strip())
+    if args.asr_real > 0 and "asr" in tasks:
+        from pipelines.bench.asr_real import markdown, run as run_asr_real
+
+        print(markdown(run_asr_real(args.asr_real, args.data_dir / "benchmark_inputs" / "asr_real",
+                                    args.outputs / "benchmarks")))
+        return 0
     try:
         workloads = standard_workloads(args.demo, tasks, args.model, scratch=args.data_dir / "benchmark_inputs",
                                        step_cache=args.step_cache, turbo=args.turbo)

@@ -156,7 +156,7 @@ def test_a_folder_that_is_not_whisper_gets_a_message_and_the_batch_goes_on(ct2_w
 @pytest.fixture(scope="session")
 def hf_models(tmp_path_factory, real_models) -> Path:
     """``base`` rewritten as a transformers Whisper (once per session)."""
-    from tests.asr_ct2_to_hf import convert
+    from pipelines.bench.whisper_ct2 import convert
 
     root = tmp_path_factory.mktemp("whisper_hf")
     convert(real_models / "base", root / "base")
