@@ -7,6 +7,7 @@ import re
 import pytest
 
 from pipelines.media.subtitles import (
+    ARTICLES,
     Segment,
     SubtitleRules,
     Word,
@@ -62,7 +63,7 @@ def parse_vtt(text: str) -> list[tuple[float, float, list[str]]]:
 
 def assert_well_formed(cues, rules: SubtitleRules, duration: float) -> None:
     previous_end = 0.0
-    for start, end, lines in cues:
+    for start, end, lines in (tuple(c) if isinstance(c, tuple) else (c.start, c.end, c.lines) for c in cues):
         assert 0 <= start <= end <= duration + 1e-3
         assert start >= previous_end - 1e-3, "cues overlap or run backwards"
         assert end - start <= rules.max_cue_seconds + 1e-3
@@ -189,3 +190,26 @@ def test_text_and_page_transcript():
     segments = tidy_segments([Segment(0.0, 61.25, "One."), Segment(3661.0, 3662.0, "Two.")], 4000)
     assert to_txt(segments) == "One.\nTwo.\n"
     assert timestamped_text(segments) == "[00:00.0 → 01:01.2] One.\n[1:01:01.0 → 1:01:02.0] Two."
+
+
+ARTICLE_TEXT = ("We walked along the river and saw a heron standing in the water, then the rain began and we ran to "
+                "the old mill where a man was selling the best apples of the season, so we bought a bag of them.")
+
+
+@pytest.mark.parametrize("chars,lines,seconds", [(20, 1, 7.0), (30, 2, 7.0), (42, 2, 3.0), (16, 2, 2.0)])
+def test_cues_and_lines_never_end_on_an_article_and_keep_the_limits(chars, lines, seconds):
+    rules = SubtitleRules(chars, lines, seconds)
+    cues = segments_to_cues([Segment(0.0, 24.0, ARTICLE_TEXT)], rules)
+    assert_well_formed(cues, rules, 24.0)
+    assert " ".join(" ".join(cue.lines) for cue in cues).split() == ARTICLE_TEXT.split()  # nothing lost or moved
+    for cue in cues:
+        assert len(cue.lines) <= lines and all(width(line) <= chars for line in cue.lines)
+        for line in cue.lines:
+            assert line.split()[-1].lower() not in ARTICLES, cue.lines
+
+
+def test_a_full_cue_ends_at_a_clause_boundary_when_there_is_one():
+    rules = SubtitleRules(42, 1, 7.0)
+    cues = segments_to_cues([Segment(0.0, 10.0, "After a long day at work, we went home and cooked a simple dinner for two.")],
+                            rules)
+    assert cues[0].lines[-1].endswith(",")
