@@ -61,7 +61,7 @@ def build_random_whisper(model_id: str, device: str, dtype, attn_implementation:
     import torch
     from transformers import GenerationConfig
 
-    from ..families.whisper import WhisperBundle
+    from ..families.whisper_data import WhisperBundle
     from ..families.demo_asr import whisper_token_ids
 
     config = config_for(model_id)

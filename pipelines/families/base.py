@@ -18,8 +18,8 @@ Every family (``Family``):
                     load a model of the family (real weights, ``--demo`` tiny build, ``--random-weights``)
 ``DEMO_BUILDERS``   ``{spec.demo_kind: build()}``: tiny real-class models for ``--demo`` and the tests; each
                     returns an object with ``save_pretrained`` (``families.demo.ensure_demo_model`` caches it)
-                    (Whisper's loader and demo build still live in ``tasks.asr`` / ``families.demo_asr``;
-                    ``device.loaders.load_model`` falls back to them until they move into ``whisper.py``.)
+                    (Whisper: ``whisper.load`` picks the engine, ``whisper_load`` loads it; its demo build
+                    is still in ``families.demo_asr``.)
 
 A video family (``VideoFamily``) also answers what the t2v / i2v tasks, the device side and the
 benchmark ask (diffusers class: ``spec.pipeline_class``):

@@ -19,7 +19,7 @@ the tokens decoded per 30-second window in demo mode (``pipelines.tasks.asr.DEMO
 
 from __future__ import annotations
 
-from .whisper import WHISPER_LANGUAGES, WhisperBundle
+from .whisper_data import WHISPER_LANGUAGES, WhisperBundle
 
 # A few sentences to train the tiny byte-level BPE on: enough merges for whole English words.
 _CORPUS = (

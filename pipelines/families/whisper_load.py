@@ -14,7 +14,7 @@ import logging
 import time
 from pathlib import Path
 
-from .whisper import WhisperBundle
+from .whisper_data import WhisperBundle
 
 logger = logging.getLogger("pipelines.tasks.asr")
 
