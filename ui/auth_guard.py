@@ -19,7 +19,6 @@ import asyncio
 import json
 import logging
 import math
-import os
 from pathlib import Path
 from urllib.parse import parse_qs
 
@@ -122,7 +121,7 @@ class StudioGuard:
         asked = next(path[len(prefix):] for prefix in FILE_PREFIXES if path.startswith(prefix))
         if "://" not in asked[:12] and self.access.book:
             user = logged_in_user(scope)
-            absolute = Path(os.path.abspath(asked))
+            absolute = _absolute(asked)
             allowed = await asyncio.to_thread(  # reading the sidecars: off the event loop
                 lambda: all(self.access.may_read(user, candidate) for candidate in {absolute, absolute.resolve()}))
             if not allowed:
@@ -181,10 +180,23 @@ class StudioGuard:
     def _refused(self, user: str | None, named: list[str]) -> bool:
         """Whether any existing file among ``named`` is one ``user`` may not read."""
         for text in named:
-            candidate = Path(os.path.abspath(text)).resolve()
+            candidate = _absolute(text).resolve()
             if candidate.exists() and not self.access.may_read(user, candidate):
                 return True
         return False
+
+
+def _absolute(text: str) -> Path:
+    """``text`` as an absolute path with ``.`` and ``..`` folded away, symlinks left as they are."""
+    path = Path(text).absolute()
+    parts: list[str] = []
+    for part in path.parts[1:]:
+        if part == "..":
+            if parts:
+                parts.pop()
+        elif part != ".":
+            parts.append(part)
+    return Path(path.anchor, *parts)
 
 
 def _route(scope) -> str:
@@ -198,7 +210,7 @@ def _paths(value, key: str = ""):
     """The strings of a request's data that may name a file: a file's ``path`` (``{"path": ...}``) and any
     absolute path (prompts and other text are left alone)."""
     if isinstance(value, str):
-        if len(value) < 4096 and "://" not in value[:12] and (key == "path" or os.path.isabs(value)):
+        if len(value) < 4096 and "://" not in value[:12] and (key == "path" or Path(value).is_absolute()):
             yield value
     elif isinstance(value, dict):
         for name, item in value.items():

@@ -20,8 +20,4 @@ def load_model(spec: ModelSpec, settings, device: str, dtype: str) -> LoadedMode
 
         if plan(settings, spec, device)[0] > 1:
             return load_parallel_model(spec, settings, device, dtype)
-    if hasattr(family, "load"):
-        return family.load(spec, settings, device, dtype)
-    from ..tasks.asr import load_asr_model  # until Whisper's loader moves into its family module
-
-    return load_asr_model(spec, settings, device, dtype)
+    return family.load(spec, settings, device, dtype)
