@@ -268,10 +268,10 @@ STRINGS: dict[str, dict[str, str]] = {
 
 def _add_tables() -> None:
     """Each tab may keep its texts in a module of its own (``ui/strings_<task>.py``); merge them in."""
-    from . import strings_asr, strings_batch, strings_history, strings_i2v, strings_models
+    from . import strings_asr, strings_batch, strings_history, strings_i2v, strings_lora, strings_models
 
     for table in (strings_i2v.STRINGS, strings_asr.STRINGS, strings_batch.STRINGS, strings_history.STRINGS,
-                  strings_models.STRINGS):
+                  strings_models.STRINGS, strings_lora.STRINGS):
         for lang, texts in table.items():
             clash = set(texts) & set(STRINGS[lang])
             if clash:
