@@ -97,6 +97,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       help="speech to text engine (auto: CTranslate2, int8 on a CPU, float16 on CUDA)")
     fast.add_argument("--models-dir", default="", metavar="DIR",
                       help="a folder of your own Whisper models, one per sub-folder (besides models/whisper/)")
+    files.add_argument("--loras-dir", type=Path, default=APP_DIR / "loras", metavar="DIR",
+                       help="the LoRA folder (*.safetensors, subfolders allowed; default loras/ in the app folder)")
     gpu.add_argument("--parallel", type=int, default=1, metavar="N",
                      help="run one Wan clip across N GPUs of this machine (context parallelism); other models: one GPU")
     gpu.add_argument("--preload", default="", help=f"load these tasks' default models at start: {','.join(TASKS)}")
@@ -132,6 +134,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         asr_static_cache=args.asr_static_cache,
         asr_engine=args.asr_engine,
         asr_models_dir=args.models_dir,
+        loras_dir=str(args.loras_dir),
         preload=preload,
         demo=args.demo,
         parallel=args.parallel,

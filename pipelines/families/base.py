@@ -59,6 +59,20 @@ Measuring and previews
                     ``meta`` device from ``assets/model_configs/<id>.json`` (``bench.flops``, ``bench.random_weights``)
 ``PREVIEW_RGB``     ``(factors (C, 3), bias (3,))`` of a linear latent-to-RGB map, or ``None`` (``media.preview``)
 
+Creators' LoRAs (``pipelines/loras``: the LoRA folder, checks at submit, adapters on the resident pipeline)
+``LORA_SUPPORT``    ``""`` when the family takes LoRAs from the LoRA folder; else why not (shown in the page)
+``LORA_COMPONENTS`` the pipeline components its LoRA loader changes (Wan: the transformer(s), never the text
+                    encoder, so cached prompt embeddings stay right)
+``lora_check(spec, shapes, demo) -> (layout, reason)``
+                    a file's tensors ``{key: shape}`` (its header only, no torch) against the model's layers:
+                    the key layout it is in (``"diffusers"``, ``"wan-original"``, ...) and why it does not fit
+                    (``""``: it fits); ``demo``: against the tiny demo build
+``lora_rename(key, layout) -> key``
+                    a key as the family's diffusers ``load_lora_weights`` reads it
+``lora_experts(spec, name) -> (kwargs, ...)``
+                    one ``load_lora_weights`` keyword set per denoiser the LoRA goes on (Wan 2.2 A14B's second
+                    expert: ``load_into_transformer_2=True``); ``()`` for a family without LoRAs
+
 A new question about every family (e.g. LoRA rules): add the name to the list above and to the protocol,
 and give every family an answer; generic code then reads it. ``load`` and the stages may take what
 their family needs from the request; everything else is plain data.
@@ -102,6 +116,8 @@ class VideoFamily(Family, Protocol):
     STEP_CACHE: bool
     CONTEXT_PARALLEL: bool
     PREVIEW_RGB: tuple | None
+    LORA_SUPPORT: str
+    LORA_COMPONENTS: tuple[str, ...]
 
     def fit_frames(self, spec: ModelSpec, wanted: int) -> tuple[int, str | None]: ...
 
@@ -118,6 +134,12 @@ class VideoFamily(Family, Protocol):
     def decode_bytes(self, pipe, shape, tiled: bool) -> int: ...
 
     def denoise_flops(self, model_id: str, frames: int, height: int, width: int, steps: int, guidance: bool) -> dict: ...
+
+    def lora_check(self, spec: ModelSpec, shapes: dict, demo: bool) -> tuple[str, str]: ...
+
+    def lora_rename(self, key: str, layout: str) -> str: ...
+
+    def lora_experts(self, spec: ModelSpec, name: str) -> tuple[dict, ...]: ...
 
 
 def size_multiple(family, spec: ModelSpec) -> int:

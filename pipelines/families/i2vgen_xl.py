@@ -272,3 +272,21 @@ def denoise_flops(model_id: str, frames: int, height: int, width: int, steps: in
 
     per_forward = forward_flops(meta_component(model_id, "unet"), frames, height, width, batch=2 if guidance else 1)
     return {"per_forward": per_forward, "forwards_per_step": 1, "steps": steps, "total": per_forward * steps}
+
+
+# --- creators' LoRAs --------------------------------------------------------------------------------------
+
+LORA_SUPPORT = "diffusers' I2VGenXLPipeline has no LoRA loader."
+LORA_COMPONENTS: tuple[str, ...] = ()
+
+
+def lora_check(spec: ModelSpec, shapes: dict, demo: bool) -> tuple[str, str]:
+    return "", LORA_SUPPORT
+
+
+def lora_rename(key: str, layout: str) -> str:
+    return key
+
+
+def lora_experts(spec: ModelSpec, name: str) -> tuple[dict, ...]:
+    return ()

@@ -423,3 +423,21 @@ def denoise_flops(model_id: str, frames: int, height: int, width: int, steps: in
     per_forward = forward_flops(base.meta_component(model_id, "transformer"), frames, height, width)
     passes = 2 if guidance else 1
     return {"per_forward": per_forward, "forwards_per_step": passes, "steps": steps, "total": per_forward * passes * steps}
+
+
+# --- creators' LoRAs --------------------------------------------------------------------------------------
+
+LORA_SUPPORT = "its LoRA loader (LTX2LoraLoaderMixin) is not wired to the LoRA folder yet; only the distilled LoRA of its catalogue entries is used."
+LORA_COMPONENTS: tuple[str, ...] = ()
+
+
+def lora_check(spec: ModelSpec, shapes: dict, demo: bool) -> tuple[str, str]:
+    return "", LORA_SUPPORT
+
+
+def lora_rename(key: str, layout: str) -> str:
+    return key
+
+
+def lora_experts(spec: ModelSpec, name: str) -> tuple[dict, ...]:
+    return ()

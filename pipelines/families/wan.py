@@ -15,6 +15,7 @@ import numpy as np
 
 from . import base
 from .spec import ModelSpec, VideoPreset
+from .wan_lora import check as lora_check, experts as lora_experts, renamed as lora_rename  # noqa: F401 (LoRA rules)
 
 NAME = "wan"
 DEFAULTS = {"t2v": "wan2.1-t2v-1.3b"}
@@ -236,6 +237,13 @@ def load(spec: ModelSpec, settings, device: str, dtype: str):
     from ..device.loading import load_video_pipeline
 
     return load_video_pipeline(spec, settings, device, dtype, family=sys.modules[__name__])
+
+
+# --- creators' LoRAs (the key rules: families/wan_lora.py) ----------------------------------------------
+
+LORA_SUPPORT = ""  # it takes them: every layout of wan_lora, through diffusers' WanLoraLoaderMixin
+LORA_COMPONENTS = ("transformer", "transformer_2")  # what its loader changes (never the text encoder)
+# lora_check, lora_rename, lora_experts: imported from wan_lora at the top
 
 
 # --- requests ------------------------------------------------------------------------------------------

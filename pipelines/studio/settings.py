@@ -45,6 +45,7 @@ class Settings:
     asr_static_cache: bool = False  # Whisper sequential decoding with a static KV cache (compiled on CUDA)
     asr_engine: str = "auto"  # auto | transformers | ctranslate2 (families/whisper_load.py)
     asr_models_dir: str = ""  # the creator's Whisper folders, besides models/whisper/ (families/whisper_custom.py)
+    loras_dir: str = ""  # the creators' LoRA folder; "" = loras/ in the app folder (pipelines/loras/library.py)
     parallel: int = 1  # one Wan clip across this many GPUs (context parallelism, pipelines/parallel.py)
     # Run jobs on a Ray cluster instead of this machine's GPU: "auto" or a Ray address (pipelines/cluster.py).
     cluster: str = ""
