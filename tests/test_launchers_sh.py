@@ -249,7 +249,8 @@ def test_shellcheck_passes():
     shellcheck = shutil.which("shellcheck")
     if shellcheck is None:
         pytest.skip("shellcheck is not installed (apt install shellcheck)")
-    proc = subprocess.run([shellcheck, str(ROOT / "start.sh")], capture_output=True, text=True)
+    scripts = [ROOT / "start.sh", *sorted((ROOT / "scripts").glob("*.sh"))]
+    proc = subprocess.run([shellcheck, *map(str, scripts)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
