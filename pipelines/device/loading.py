@@ -40,6 +40,7 @@ class LoadedModel:
     level: str = "resident"  # memory level (pipelines/memory_levels.py); Whisper: always resident
     level_why: str = ""
     optimisations: dict = field(default_factory=dict)  # what the fast path did at load (pipelines/fastpath.py)
+    loras: dict = field(default_factory=dict)  # creators' LoRAs loaded as adapters (pipelines/loras/adapters.py)
 
 
 def fetch_command(spec: ModelSpec) -> str:

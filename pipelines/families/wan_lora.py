@@ -152,15 +152,15 @@ def diffusers_layer(key: str) -> tuple[str, str] | None:
     if module.startswith("transformer."):
         return (module.removeprefix("transformer."), role) if part.startswith(".lora_") else None
     module = module.removeprefix("diffusion_model.")
+    # whole-weight and bias differences of layers diffusers has no LoRA for (norms, modulation): it drops them
+    dropped = (module, "ignored") if part in (".diff", ".diff_b") else None
     match = re.fullmatch(r"blocks\.(\d+)\.(.+)", module)
     if match:
         inner = BLOCK_NAMES.get(match.group(2))
-        if inner is None:
-            return (f"blocks.{match.group(1)}.{match.group(2)}", "ignored") if role == "diff" else None
-        return f"blocks.{match.group(1)}.{inner}", role
+        return (f"blocks.{match.group(1)}.{inner}", role) if inner and "norm" not in module else dropped
     if module in TOP_NAMES:
         return TOP_NAMES[module], role
-    return (module, "ignored") if role == "diff" else None
+    return dropped
 
 
 def check(spec, shapes: dict[str, tuple[int, ...]], demo: bool) -> tuple[str, str]:
@@ -181,7 +181,7 @@ def check(spec, shapes: dict[str, tuple[int, ...]], demo: bool) -> tuple[str, st
         if target is None:
             return layout, f"its key {key} names no layer of Wan's transformer."
         layer, role = target
-        if role == "ignored" or (role == "diff" and "norm" in layer):
+        if role == "ignored":
             continue
         found.setdefault(layer, {})[role] = tuple(shapes[key])
     blocks = sorted({int(m.group(1)) for layer in found if (m := re.match(r"blocks\.(\d+)\.", layer))})
@@ -195,8 +195,8 @@ def check(spec, shapes: dict[str, tuple[int, ...]], demo: bool) -> tuple[str, st
             return layout, f"its layer {layer} is not in {title}."
         out_f, in_f = model[layer]
         a, b, bias = roles.get("A"), roles.get("B"), roles.get("bias")
-        if a is None and b is None and bias is None:
-            continue  # alpha or a whole-weight diff alone: diffusers drops it
+        if "alpha" in roles and a is None:
+            return layout, f"its layer {layer} has an alpha but no LoRA weights."
         if (a is None) != (b is None):
             return layout, f"its layer {layer} has only half a LoRA (down without up, or up without down)."
         if a is not None:

@@ -262,14 +262,14 @@ def loras_for_model(settings, model_id: str) -> tuple[list[LoraInfo], list[LoraI
 
 def parse_loras(text) -> list[tuple[str, float]]:
     """``"name[.safetensors][:strength], ..."`` -> ``[(name, strength)]``; empty text: none. Strength -2..2,
-    default 1. A ``RequestError`` names what is wrong."""
+    default 1; ``;`` separates too (handy in a CSV cell). A ``RequestError`` names what is wrong."""
     if text is None:
         return []
     if not isinstance(text, str):
         raise RequestError(f"LoRAs are given as text like \"style:0.8, motion\", not {type(text).__name__}.",
                            key="lora_text", value=str(text)[:80])
     found: list[tuple[str, float]] = []
-    for item in (part.strip() for part in text.split(",")):
+    for item in (part.strip() for part in re.split(r"[,;]", text)):
         if not item:
             continue
         name, colon, number = item.rpartition(":") if ":" in item else (item, "", "")

@@ -55,7 +55,7 @@ PRESET_FIELDS = ("resolution", "frames", "steps", "guidance", "shift")
 ALIASES = {
     "audio": "files", "file": "files", "path": "files", "negative": "negative_prompt", "duration": "duration_s",
     "seconds": "duration_s", "last_frame": "last_image", "cfg": "guidance", "flow_shift": "shift",
-    "num_frames": "frames", "resolution_p": "resolution",
+    "num_frames": "frames", "resolution_p": "resolution", "lora": "loras",
 }
 _TRUE = {"1", "true", "yes", "y", "on", "x"}
 _FALSE = {"0", "false", "no", "n", "off", ""}
@@ -298,9 +298,9 @@ def build_request(task: str, values: dict[str, Any], settings: Settings):
     if task == "t2v":
         if "duration_s" in values and values["duration_s"] in ("", 0, "0"):
             values["duration_s"] = None
-        return validate_t2v(T2VRequest(**values), demo=settings.demo)
+        return validate_t2v(T2VRequest(**values), demo=settings.demo, settings=settings)
     values.setdefault("image", None)
-    return check_i2v(I2VRequest(**values), demo=settings.demo)[0]
+    return check_i2v(I2VRequest(**values), demo=settings.demo, settings=settings)[0]
 
 
 def _row_values(task: str, defaults: dict, cells: dict, demo: bool) -> dict:

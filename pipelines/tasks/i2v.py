@@ -22,6 +22,7 @@ from ..families.spec import DEMO_I2V_RESOLUTIONS, I2V_MAX_AREA, ModelSpec, Video
 from .video import (
     MAX_CLIPS,
     MAX_PROMPT_CHARS,
+    check_loras_field,
     check_step_cache,
     clips_already_written,
     copy_inputs,
@@ -59,6 +60,7 @@ class I2VRequest:
     clips: int = 1
     last_image: str | None = None  # optional last frame (models with ``last_frame``)
     step_cache: float = 0.0  # first-block cache threshold (0 = off; families with ``STEP_CACHE``); changes the output
+    loras: str = ""  # creators' LoRAs, "name[.safetensors][:strength], ..." (pipelines/loras); "" = none
     width: int = 0  # filled by validation
     height: int = 0
     notes: list[str] = field(default_factory=list)
@@ -91,11 +93,12 @@ def uses_flow_shift(spec: ModelSpec) -> bool:
     return family_of(spec).USES_FLOW_SHIFT
 
 
-def check_i2v(request: I2VRequest, demo: bool = False) -> tuple[I2VRequest, InputImage, InputImage | None]:
+def check_i2v(request: I2VRequest, demo: bool = False, settings=None) -> tuple[I2VRequest, InputImage, InputImage | None]:
     """Check and normalise a request before any GPU work; returns it complete, with the decoded image(s).
 
     Hard errors raise ``RequestError`` naming the value; frame counts the model cannot make are rounded
-    with a note.
+    with a note. With ``settings`` the LoRAs of ``loras`` are found in the LoRA folder and checked against
+    the model (missing, damaged or for another model: refused); without, only their text is checked.
     """
     notes: list[str] = []
     prompt = request.prompt.strip() if isinstance(request.prompt, str) else ""
@@ -164,20 +167,21 @@ def check_i2v(request: I2VRequest, demo: bool = False) -> tuple[I2VRequest, Inpu
     seed = parse_number(request.seed if request.seed not in (None, "") else -1, "Seed", int, -1, 2**32 - 1, "seed")
     clips = parse_number(request.clips, "Number of clips", int, 1, MAX_CLIPS, "clips")
     step_cache = check_step_cache(request.step_cache, spec)
+    loras = check_loras_field(request.loras, spec, settings)
     if seed == -1:
         seed = secrets.randbelow(2**31)
     checked = dataclasses.replace(
         request, prompt=prompt, negative_prompt=negative, preset=request.preset or "", resolution=resolution,
         aspect=aspect, fit=fit, frames=frames, duration_s=None, steps=steps, guidance=guidance, shift=shift, seed=seed,
-        fps=fps, clips=clips, step_cache=step_cache, width=width, height=height,
+        fps=fps, clips=clips, step_cache=step_cache, loras=loras, width=width, height=height,
         notes=list(dict.fromkeys([*request.notes, *notes])),
     )
     return checked, image, last
 
 
-def validate_i2v(request: I2VRequest, demo: bool = False) -> I2VRequest:
+def validate_i2v(request: I2VRequest, demo: bool = False, settings=None) -> I2VRequest:
     """``check_i2v`` without the decoded images: the request as the job will run it."""
-    return check_i2v(request, demo)[0]
+    return check_i2v(request, demo, settings)[0]
 
 
 # --- running ----------------------------------------------------------------------------------------
@@ -185,7 +189,7 @@ def validate_i2v(request: I2VRequest, demo: bool = False) -> I2VRequest:
 
 def run_i2v(job: Job, ctx) -> dict:
     """Run an ``I2VRequest``; returns the written clips, their sidecars and the input copy."""
-    request, image, last = check_i2v(job.request, demo=ctx.settings.demo)
+    request, image, last = check_i2v(job.request, demo=ctx.settings.demo, settings=ctx.settings)
     for text in request.notes:
         ctx.note(text)
     spec = get_spec(request.model)

@@ -19,7 +19,8 @@ from .video_parallel import run_parallel
 from ..families.base import size_multiple
 from ..families.catalogue import DEFAULT_MODEL, family_of, get_spec
 from ..families.spec import DEMO_PRESETS, DEMO_RESOLUTIONS, ModelSpec, frame_size
-from .video import MAX_CLIPS, MAX_PROMPT_CHARS, check_step_cache, clips_already_written, make_clips, run_with_memory_ladder
+from .video import (MAX_CLIPS, MAX_PROMPT_CHARS, check_loras_field, check_step_cache, clips_already_written, make_clips,
+                    run_with_memory_ladder)
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ class T2VRequest:
     fps: int = 16
     clips: int = 1
     step_cache: float = 0.0  # first-block cache threshold (0 = off); changes the output
+    loras: str = ""  # creators' LoRAs, "name[.safetensors][:strength], ..." (pipelines/loras); "" = none
     width: int = 0  # filled by validation
     height: int = 0
     notes: list[str] = field(default_factory=list)
@@ -59,11 +61,13 @@ def resolutions_for(spec: ModelSpec, demo: bool) -> tuple[str, ...]:
     return DEMO_RESOLUTIONS if demo else spec.resolutions
 
 
-def validate_t2v(request: T2VRequest, demo: bool = False) -> T2VRequest:
+def validate_t2v(request: T2VRequest, demo: bool = False, settings=None) -> T2VRequest:
     """Check and normalise a request before any GPU work; returns a new request with width/height set.
 
     Hard errors raise ``RequestError`` naming the value; values that can be fixed softly (frame counts
-    that must be 4n+1) are rounded with a note.
+    that must be 4n+1) are rounded with a note. With ``settings`` the LoRAs of ``loras`` are found in the
+    LoRA folder and checked against the model (missing, damaged or for another model: refused); without,
+    only their text is checked.
     """
     notes: list[str] = []
     prompt = (request.prompt or "").strip() if isinstance(request.prompt, str) else ""
@@ -107,10 +111,12 @@ def validate_t2v(request: T2VRequest, demo: bool = False) -> T2VRequest:
     seed = parse_number(request.seed, "Seed", int, -1, 2**32 - 1, "seed")
     clips = parse_number(request.clips, "Number of clips", int, 1, MAX_CLIPS, "clips")
     step_cache = check_step_cache(request.step_cache, spec)
+    loras = check_loras_field(request.loras, spec, settings)
     if seed == -1:
         seed = secrets.randbelow(2**31)
     return dataclasses.replace(
         request,
+        loras=loras,
         prompt=prompt,
         negative_prompt=negative,
         frames=frames,
@@ -132,7 +138,7 @@ def validate_t2v(request: T2VRequest, demo: bool = False) -> T2VRequest:
 
 def run_t2v(job: Job, ctx) -> dict:
     """Run a validated ``T2VRequest``; returns the written clips and their sidecars."""
-    request: T2VRequest = validate_t2v(job.request, demo=ctx.settings.demo)
+    request: T2VRequest = validate_t2v(job.request, demo=ctx.settings.demo, settings=ctx.settings)
     for text in request.notes:
         ctx.note(text)
     spec = get_spec(request.model)

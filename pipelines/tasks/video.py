@@ -35,15 +35,25 @@ def check_step_cache(value, spec) -> float:
     return threshold
 
 
-def encode_cached(ctx, model, prompt: str, negative: str | None, guidance: bool, max_length: int, encode):
+def check_loras_field(value, spec, settings) -> str:
+    """The request's ``loras`` text, checked (``loras.check``: with ``settings``, each file found and fitting
+    the model) and written the one way (``"name:0.8, other:1"``)."""
+    from ..loras.check import canonical_text, check_loras
+
+    check_loras(value, spec, settings)
+    return canonical_text(value)
+
+
+def encode_cached(ctx, model, prompt: str, negative: str | None, guidance: bool, max_length: int, encode,
+                  variant: str = ""):
     """``encode()`` (-> positive, negative embeddings) through the prompt cache of the resident models; at the
-    memory levels that keep the text encoder in CPU memory, it comes to the GPU for a miss only.
-    Returns ``(embeddings, hit)``."""
+    memory levels that keep the text encoder in CPU memory, it comes to the GPU for a miss only. ``variant``
+    tells apart text encoders changed by LoRAs. Returns ``(embeddings, hit)``."""
     from ..device.memory_levels import text_encoder_on
 
     cache = ctx.worker.models.prompt_cache
     cache.entries = ctx.settings.prompt_cache
-    key = cache.key(model.spec.id, prompt, negative, max_length, model.dtype, ctx.device, guidance)
+    key = cache.key(model.spec.id + variant, prompt, negative, max_length, model.dtype, ctx.device, guidance)
 
     def run():
         with text_encoder_on(model.pipe, ctx.device, model.level):
@@ -192,22 +202,26 @@ def make_clips(task: str, job, ctx, request, spec, model, loaded_now: bool, retr
     from ..device import fastpath
     from ..device.memory_levels import JobShape, maybe_inject_oom
     from ..families.catalogue import family_of
+    from ..loras.check import hashes_text
     from ..media.ffmpeg import encode_comment, write_mp4
     from ..media.preview import latents_to_rgb
     from ..studio.outputs import output_stem, sidecar_path, write_atomic, write_json_atomic
 
     family = family_of(spec)
-    # 1. Model: resident after the first job.
+    # 1. Model: resident after the first job; the creator's LoRAs as its adapters (loaded once, then switched).
     pipe = model.pipe
     if not loaded_now:
         logger.info("Job %s: %s already resident, not reloaded", job.id, spec.title)
     use_guidance = request.guidance > 1.0
+    loras, lora_records, lora_use = use_request_loras(ctx, model, family, spec, request)
 
     # 2. Text encoding, once for all clips; a prompt seen before comes from the cache.
+    variant = "|" + request.loras if loras and any(c.startswith("text_encoder") for c in family.LORA_COMPONENTS) else ""
     with ctx.stage("text_encode"):
         maybe_inject_oom("text_encode")
         embeds, cache_hit = encode_cached(ctx, model, request.prompt, request.negative_prompt, use_guidance,
-                                          family.TEXT_TOKENS, lambda: family.encode_prompt(pipe, request, use_guidance))
+                                          family.TEXT_TOKENS, lambda: family.encode_prompt(pipe, request, use_guidance),
+                                          variant)
     ctx.check_cancel()
     preset = next((p for p in spec.presets if p.name == request.preset), None)
     changes = fastpath.changes_output(request.step_cache, bool(spec.lora_repo_id or (preset and preset.changes_output)),
@@ -254,7 +268,9 @@ def make_clips(task: str, job, ctx, request, spec, model, loaded_now: bool, retr
         ctx.check_cancel(clock)
 
         # 5. mp4 (and what goes with it) and sidecar.
-        settings = record(seed)
+        settings = {**record(seed), "loras": lora_records}
+        if lora_records:
+            settings["lora_hashes"] = hashes_text(lora_records)
         started = time.perf_counter()
         with ctx.stage("encode"):
             stem = output_stem(ctx.settings.outputs_dir, task, str(seed), dt.datetime.now())
@@ -269,12 +285,36 @@ def make_clips(task: str, job, ctx, request, spec, model, loaded_now: bool, retr
         sidecar = video_sidecar(task, job, ctx, request, spec, model, loaded_now, settings, clip_timings, video_path,
                                 frames.shape, fast=fast)
         sidecar["output"]["has_audio"] = audio is not None
+        if lora_use is not None:
+            sidecar["loras"] = lora_use
+            sidecar["timings_s"]["loras"] = lora_use["seconds"] if index == 0 else 0.0
         sidecar.update(extra)
         sidecar_file = write_json_atomic(sidecar_path(video_path), sidecar)
         logger.info("Job %s: wrote %s", job.id, video_path)
         clips.append({"video": str(video_path), "sidecar": str(sidecar_file), "seed": seed})
         if job.cancelled:  # Stop came while this clip was finishing: it is kept, no further clip starts
             break
+
+
+def use_request_loras(ctx, model, family, spec, request) -> tuple[list, list[dict], dict | None]:
+    """The request's LoRAs made the active adapters of ``model`` (a job without them turns loaded ones off):
+    ``(chosen, records for the clip's settings, the sidecar's "loras" section or None)``."""
+    from ..loras.adapters import use_loras
+    from ..loras.check import check_loras, record
+
+    chosen = check_loras(request.loras, spec, ctx.settings)
+    if not chosen and not model.loras:
+        return [], [], None
+    used = use_loras(model, family, chosen, ctx.settings)
+    records = record(chosen, ctx.settings)
+    if chosen:
+        ctx.note(f"LoRAs: {', '.join(f'{c.name} ({c.strength:g})' for c in chosen)}; loaded {len(used['loaded'])}, "
+                 f"reused {len(used['reused'])}, in {used['seconds']:.2f} s.")
+    status = {name: "loaded" for name in used["loaded"]} | {name: "reused" for name in used["reused"]}
+    section = {"adapters": [{**entry, "layout": c.info.layout, "adapter": status.get(c.name, "")}
+                            for entry, c in zip(records, chosen)],
+               **{key: used[key] for key in ("loaded", "reused", "unloaded", "idle", "seconds")}}
+    return chosen, records, section
 
 
 # --- image to video's record and input copies (the local and the context-parallel path share them) ------
