@@ -7,6 +7,7 @@
     python scripts/benchmark.py --tasks asr --asr-real 10    # CPU, real Whisper base: our engines vs theirs
     python scripts/benchmark.py --model wan2.1-t2v-14b       # real weights from the HF cache
     python scripts/benchmark.py --demo --soak 50             # 50 mixed jobs back to back
+    python scripts/benchmark.py --tasks lora --random-weights # LoRA switching between jobs, unfused vs fused steps
     python scripts/benchmark.py --tasks t2v --random-weights --baseline --compile --step-cache 0.1 --turbo
                                                              # the fast path: compiled, step cache, 4-step Turbo
 
@@ -33,7 +34,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     mode.add_argument("--demo", action="store_true", help="tiny random models (runs anywhere in seconds)")
     mode.add_argument("--random-weights", action="store_true",
                       help="real architectures at real size with random weights (no download)")
-    parser.add_argument("--tasks", default="t2v,i2v,asr", help="comma-separated tasks (default t2v,i2v,asr)")
+    parser.add_argument("--tasks", default="t2v,i2v,asr",
+                        help="comma-separated tasks (default t2v,i2v,asr); lora: the LoRA-switch run on its own")
     parser.add_argument("--asr-real", type=float, default=0, metavar="MINUTES",
                         help="with --tasks asr: the CPU run on real Whisper base weights over MINUTES of espeak-ng speech, "
                              "our two engines next to faster-whisper's and transformers' own calls "
@@ -96,6 +98,12 @@ def main(argv=None) -> int:
 
         print(markdown(run_asr_real(args.asr_real, args.data_dir / "benchmark_inputs" / "asr_real",
                                     args.outputs / "benchmarks")))
+        return 0
+    if "lora" in tasks:  # its own run: LoRA switching between jobs (pipelines/bench/lora_switch.py)
+        from pipelines.bench.lora_switch import markdown as lora_markdown, run as run_lora
+
+        print(lora_markdown(run_lora(settings, args.model or "wan2.1-t2v-1.3b", args.repeat,
+                                     args.data_dir / "benchmark_inputs" / "lora", args.outputs / "benchmarks")))
         return 0
     try:
         workloads = standard_workloads(args.demo, tasks, args.model, scratch=args.data_dir / "benchmark_inputs",

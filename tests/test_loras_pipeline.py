@@ -190,3 +190,22 @@ def test_bad_files_are_refused_at_submit_and_a_failed_load_fails_its_job_only(lo
     _, sidecar, _ = _clip(lora_worker, "other:0.5")  # the next job succeeds, on the same resident model
     assert sidecar["settings"]["loras"][0]["strength"] == 0.5
     assert lora_worker.models.load_counts == {"wan2.1-t2v-1.3b": 1}
+
+
+def test_the_benchmark_makes_loras_that_fit_and_reports_them(tmp_path):
+    from pipelines.bench import lora_switch
+
+    spec = get_spec("wan2.1-t2v-1.3b")
+    paths = lora_switch.make_loras(tmp_path / "loras", spec, demo=True, rank=4)
+    settings = Settings(data_dir=tmp_path, demo=True, loras_dir=str(tmp_path / "loras"))
+    assert [c.info.layout for c in check.check_loras("bench_a, bench_b", spec, settings)] == ["wan-original"] * 2
+    assert len(paths) == 2
+    report = {"created": "now", "model": spec.title, "mode": "random weights", "device": "GPU", "rank": 64,
+              "lora_mb": 176.0, "shape": "832x480", "model_loads": {spec.id: 1}, "fuse_s": 0.5,
+              "jobs": [{"name": "A + B", "loras": "bench_a:1, bench_b:0.5", "switch_s": 0.01, "loaded": [],
+                        "reused": ["bench_a", "bench_b"], "step_s": 0.2, "job_s": 3.0},
+                       {"name": "B", "loras": "bench_b", "error": "boom"}],
+              "forward_s": {"no LoRA": 0.1, "2 LoRAs fused": 0.1}}
+    text = lora_switch.markdown(report)
+    assert "| A + B | `bench_a:1, bench_b:0.5` | 0.010 | - | bench_a, bench_b | 0.2 | 3.0 |" in text
+    assert "failed: boom" in text and "fusing took 0.5 s" in text
