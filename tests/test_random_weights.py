@@ -37,15 +37,40 @@ def test_whisper_tokenizer_has_the_real_id_layout():
     assert isinstance(tokenizer.decode(list(range(0, 51866, 97))), str)  # every id decodes
 
 
+TINY_TEXT_TOKENS = 1000  # Whisper's text vocabulary shrunk; special and timestamp tokens keep their order
+
+
+def _tiny_whisper(config: dict) -> None:
+    """Whisper with a few narrow layers and ``TINY_TEXT_TOKENS`` text tokens: the special tokens and the 1501
+    timestamps follow them in the real order, and every id in the config moves with them. Each decoding step
+    runs logits processors over the whole vocabulary (``torch.isin`` among them); at the real 51,866 ids the
+    5 decoding passes of the test below took minutes on 2 busy CPU cores."""
+    real_text = config["tokenizer"]["text_tokens"]
+    shift = real_text - TINY_TEXT_TOKENS
+
+    def moved(ids: list[int]) -> list[int]:
+        return [i - shift if i >= real_text else i for i in ids if i < TINY_TEXT_TOKENS or i >= real_text]
+
+    model = config["model"]["config"]
+    model.update(d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2, decoder_attention_heads=2,
+                 encoder_ffn_dim=64, decoder_ffn_dim=64, vocab_size=model["vocab_size"] - shift)
+    for key in ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id"):
+        model[key] = TINY_TEXT_TOKENS - 1 if model[key] < real_text else model[key] - shift
+    config["tokenizer"]["text_tokens"] = TINY_TEXT_TOKENS
+    generation = config["generation_config"]
+    generation["alignment_heads"] = [[0, 0], [1, 1]]
+    for key in ("suppress_tokens", "begin_suppress_tokens"):
+        generation[key] = moved(generation[key])
+
+
 def _tiny(config_for):
-    """``config_for`` with the same JSON shrunk to a few narrow layers (vocabularies and layouts kept)."""
+    """``config_for`` with the same JSON shrunk to a few narrow layers (layouts kept; Whisper's text vocabulary
+    shrunk, ``_tiny_whisper``)."""
 
     def tiny(model_id: str) -> dict:
         config = config_for(model_id)
         if "generation_config" in config:  # Whisper
-            config["model"]["config"].update(d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2,
-                                             decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64)
-            config["generation_config"]["alignment_heads"] = [[0, 0], [1, 1]]
+            _tiny_whisper(config)
         else:  # I2VGen-XL, as the tiny demo build
             config["unet"]["config"].update(
                 down_block_types=["DownBlock3D", "CrossAttnDownBlock3D"], up_block_types=["CrossAttnUpBlock3D", "UpBlock3D"],
@@ -64,17 +89,24 @@ def _tiny(config_for):
 
 @pytest.fixture()
 def random_worker(tmp_path, data_dir, monkeypatch):
+    import torch
+
     import pipelines.bench.random_weights as random_weights
     from pipelines.studio.settings import Settings
     from pipelines.device.worker import GPUWorker
 
     monkeypatch.setattr(random_weights, "config_for", _tiny(random_weights.config_for))
+    # Layers 32 wide gain nothing from a second thread, and on a busy 2-core machine each small op then
+    # waits for a core (measured: one Whisper pass 16 s with 2 threads, 1.1 s with 1).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     settings = Settings(outputs_dir=tmp_path / "outputs", data_dir=data_dir, random_weights=True, device="cpu")
     worker = GPUWorker(settings)
     worker.start()
     assert worker.wait_ready(60)
     yield worker, settings
     worker.stop()
+    torch.set_num_threads(threads)
 
 
 def test_random_whisper_decodes_exactly_100_tokens_per_window(random_worker, tmp_path, monkeypatch):

@@ -9,7 +9,7 @@ on purpose: ``pipelines.tasks.asr`` decodes exactly ``RANDOM_WEIGHTS_NEW_TOKENS`
 
 from __future__ import annotations
 
-from .random_weights import build_component, config_for
+from . import random_weights
 
 
 def build_whisper_tokenizer(text_tokens: int):
@@ -64,19 +64,19 @@ def build_random_whisper(model_id: str, device: str, dtype, attn_implementation:
     from ..families.whisper_data import WhisperBundle
     from ..families.demo_asr import whisper_token_ids
 
-    config = config_for(model_id)
+    config = random_weights.config_for(model_id)  # looked up now: tests shrink it with monkeypatch
     torch.manual_seed(0)
     tokenizer = build_whisper_tokenizer(config["tokenizer"]["text_tokens"])
     vocab_size = config["model"]["config"]["vocab_size"]
     if len(tokenizer) != vocab_size:
         raise ValueError(f"{model_id}: the tokenizer has {len(tokenizer)} ids, the model {vocab_size}.")
-    model = build_component(config["model"], device, dtype, attn_implementation=attn_implementation)
+    model = random_weights.build_component(config["model"], device, dtype, attn_implementation=attn_implementation)
     model.generation_config = GenerationConfig(
         **whisper_token_ids(tokenizer),
         return_timestamps=False,
         **config["generation_config"],
     )
-    feature_extractor = build_component(config["feature_extractor"], device, dtype)
+    feature_extractor = random_weights.build_component(config["feature_extractor"], device, dtype)
     return WhisperBundle(model, feature_extractor, tokenizer)
 
 
