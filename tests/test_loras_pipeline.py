@@ -91,6 +91,11 @@ def test_layouts_strengths_and_composition_on_the_transformer(tmp_path, data_dir
     # memory stays bounded: the active ones and at most MAX_IDLE idle adapters
     assert len(model.pipe.transformer.peft_config) <= 2 + adapters.MAX_IDLE
     assert not any("lora" in name for name, _ in model.pipe.text_encoder.named_modules())  # the prompt cache holds
+    from pipelines.device import fastpath
+
+    model.level = "resident"  # the fast path set up again (an out-of-memory retry) leaves q/k/v apart for the LoRAs
+    fastpath.setup(model, settings, "cpu")
+    assert model.optimisations["fused_qkv"] is False and not hasattr(model.pipe.transformer.blocks[0].attn1, "to_qkv")
 
 
 def test_wan_2_2_experts_take_a_lora_by_its_name(tmp_path, data_dir, loras):
@@ -138,6 +143,7 @@ def test_clips_with_loras(lora_worker, loras):
     styled, sidecar, video = _clip(lora_worker, "style")
     assert np.abs(styled - plain).mean() > 1.0  # the LoRA changes the clip
     assert sidecar["fast_path"]["prompt_cache_hit"] is True  # same prompt: its embeddings stay right
+    assert plain_sidecar["fast_path"]["fused_qkv"] is True and sidecar["fast_path"]["fused_qkv"] is False
     digest = check.file_sha256(loras / "style.safetensors")
     entry = {"name": "style", "file": "style.safetensors", "strength": 1.0, "sha256": digest, "short_hash": digest[:10]}
     assert sidecar["settings"]["loras"] == [entry]

@@ -201,7 +201,7 @@ def setup(loaded, settings, device: str) -> None:
     record = loaded.optimisations
     on_device = loaded.level in RESIDENT_LEVELS
     record.setdefault("fp8", False)
-    if settings.fuse_qkv and on_device and not record.get("fp8"):
+    if settings.fuse_qkv and on_device and not record.get("fp8") and not getattr(loaded, "loras", None):  # LoRAs: q/k/v
         record["fused_qkv"] = fuse_qkv(pipe)
     else:
         record["fused_qkv"] = False
