@@ -155,11 +155,12 @@ def test_a_folder_that_is_not_whisper_gets_a_message_and_the_batch_goes_on(ct2_w
 
 @pytest.fixture(scope="session")
 def hf_models(tmp_path_factory, real_models) -> Path:
-    """``base`` rewritten as a transformers Whisper (once per session)."""
+    """``base`` and ``tiny.en`` rewritten as transformers Whispers (once per session)."""
     from pipelines.bench.whisper_ct2 import convert
 
     root = tmp_path_factory.mktemp("whisper_hf")
     convert(real_models / "base", root / "base")
+    convert(real_models / "tiny.en", root / "tiny.en")
     return root
 
 
@@ -185,3 +186,23 @@ def test_base_on_transformers_detects_french(hf_worker, speech):
     [entry] = run(hf_worker, files=[str(speech["french"])], model="base")
     assert entry["ok"], entry
     assert json.loads(Path(entry["files"]["json"]).read_text(encoding="utf-8"))["language"]["detected"] == "fr"
+
+
+@pytest.mark.parametrize("mode", ["chunked", "sequential"])
+def test_english_only_model_on_transformers(hf_worker, speech, mode):
+    """tiny.en has no language or task tokens: generate gets neither, the language is English."""
+    [entry] = run(hf_worker, files=[str(speech["english"])], model="tiny.en", mode=mode)
+    assert entry["ok"], entry
+    assert wer(ENGLISH, entry["text"]) < TINY_WER, entry["text"]
+    data = check_outputs(entry, duration(speech["english"]))
+    assert data["model"]["engine"] == "transformers"
+    assert data["language"]["used"] == "en" and data["language"]["forced"] == "English-only model"
+    assert data["language"]["detected"] is None  # no language detection on a model without language tokens
+    assert any("English-only" in note for note in data["notes"])
+
+
+def test_english_only_model_refuses_another_language_on_transformers(hf_worker, speech):
+    request = ASRRequest(files=[str(speech["french"])], model="tiny.en", language="fr")
+    job = wait_finished(hf_worker.submit("asr", request), 60)
+    assert job.state == JobState.FAILED and "English-only model" in str(job.error)
+    assert job.error_key == "asr_english_only"

@@ -54,6 +54,15 @@ logger = logging.getLogger(__name__)
 
 
 def _transformers_transcriber(job, ctx, request, loaded, loaded_now, spec) -> _Transcriber:
+    from .asr_decode import is_english_only
+
+    if is_english_only(loaded.pipe.model):  # no language or task tokens: English, transcribed
+        if request.language not in ("auto", "en"):
+            raise RequestError(f"{spec.title} is an English-only model: it transcribes English only.",
+                               key="asr_english_only", model=spec.title)
+        if request.task == "translate":
+            ctx.note(f"{spec.title} is an English-only model: it transcribes English (no translation).")
+        return _Transcriber(job, ctx, request, loaded, loaded_now)
     lang_to_id = getattr(loaded.pipe.model.generation_config, "lang_to_id", {}) or {}
     if request.language != "auto" and f"<|{request.language}|>" not in lang_to_id:
         raise RequestError(

@@ -48,6 +48,15 @@ def plan_windows(n_samples: int, sample_rate: int) -> list[_Window]:
 RETRY = object()  # what ``_Transcriber._attempt`` answers when the caller should redo the work, smaller
 
 
+def is_english_only(model) -> bool:
+    """An English-only (``.en``) Whisper: its generation config says it is not multilingual, or it has no
+    language tokens (vocabulary of 51864). Its ``generate`` takes no ``language`` or ``task``."""
+    config = model.generation_config
+    if getattr(config, "is_multilingual", None) is not None:
+        return not config.is_multilingual
+    return not getattr(config, "lang_to_id", None) and model.config.vocab_size < 51865
+
+
 class _Transcriber(TranscriberBase):
     """Runs the files of one job on the resident model, keeping the batch size and device state."""
 
@@ -78,6 +87,7 @@ class _Transcriber(TranscriberBase):
         self.time_precision = self.feature_extractor.chunk_length / self.model.config.max_source_positions
         self.first_file = True
         self.stuck_on_cpu = False
+        self.english_only = is_english_only(self.model)
 
     # --- batch size and out-of-memory ------------------------------------------------------------------
 
@@ -186,10 +196,9 @@ class _Transcriber(TranscriberBase):
 
     def _generate(self, features, attention_mask, language: str, **extra):
         """``model.generate`` with timestamps; returns its dict (sequences, segments, token timestamps)."""
-        kwargs: dict[str, Any] = dict(
-            attention_mask=attention_mask, task=self.request.task, language=language, return_timestamps=True,
-            return_segments=True,
-        )
+        kwargs: dict[str, Any] = dict(attention_mask=attention_mask, return_timestamps=True, return_segments=True)
+        if not self.english_only:  # an English-only model has no language or task token to force
+            kwargs.update(task=self.request.task, language=language)
         if self.max_new_tokens:
             kwargs["max_new_tokens"] = self.max_new_tokens
         if self.random_weights:  # exactly this many tokens per window, in one pass
@@ -218,6 +227,9 @@ class _Transcriber(TranscriberBase):
         return self._sequential(audio, name, index, count, timings, language, decoding, retries)
 
     def _language_for(self, windows_features, timings: dict, language: dict) -> str:
+        if self.english_only:
+            language.update(used="en", forced="English-only model")
+            return "en"
         if self.request.language != "auto":
             language["used"] = self.request.language
             return self.request.language
