@@ -251,3 +251,20 @@ def test_hashes_are_computed_once_and_kept(folder, tmp_path, monkeypatch):
     assert records == [{"name": "good", "file": "good.safetensors", "strength": 0.25, "sha256": digest,
                         "short_hash": digest[:10]}]
     assert check.hashes_text(records) == f"good: {digest[:10]}"
+
+
+def test_image_to_video_requests_take_loras_where_the_family_does(folder, tmp_path):
+    from PIL import Image
+
+    from pipelines.tasks.i2v import I2VRequest, validate_i2v
+
+    write_header(folder / "good.safetensors", wan_shapes(24))
+    image = tmp_path / "in.png"
+    Image.new("RGB", (64, 48), "red").save(image)
+    settings = settings_for(folder, tmp_path)
+    request = I2VRequest(image=str(image), prompt="a cat", model="wan2.1-i2v-14b-480p", loras="good:0.3")
+    assert validate_i2v(request, demo=True, settings=settings).loras == "good:0.3"
+    with pytest.raises(RequestError) as error:
+        validate_i2v(I2VRequest(image=str(image), prompt="a cat", model="i2vgen-xl", loras="good"), demo=True,
+                     settings=settings)
+    assert error.value.key == "lora_unsupported" and "I2VGen-XL" in str(error.value)
