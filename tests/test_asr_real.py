@@ -206,3 +206,58 @@ def test_english_only_model_refuses_another_language_on_transformers(hf_worker, 
     job = wait_finished(hf_worker.submit("asr", request), 60)
     assert job.state == JobState.FAILED and "English-only model" in str(job.error)
     assert job.error_key == "asr_english_only"
+
+
+# --- voice detection on transformers (Silero, as on CTranslate2; pipelines/tasks/asr_vad.py) ------------
+
+
+@pytest.fixture(scope="session")
+def paused_speech(speech, tmp_path_factory) -> Path:
+    """12 s of room noise, the English text, 8 s of room noise, the English text again (16 kHz)."""
+    from pipelines.media.audio import SAMPLE_RATE, decode_audio
+
+    voice, _ = decode_audio(speech["english"], "english.wav")
+    rng = np.random.default_rng(1)
+
+    def hush(seconds: float):
+        return 0.002 * rng.standard_normal(int(seconds * SAMPLE_RATE)).astype(np.float32)
+
+    samples = np.concatenate([hush(12), voice, hush(8), voice])
+    path = tmp_path_factory.mktemp("paused") / "paused.wav"
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(SAMPLE_RATE)
+        out.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
+    return path
+
+
+@pytest.mark.parametrize("mode", ["chunked", "sequential"])
+def test_vad_on_transformers_cuts_pauses_and_keeps_the_file_clock(hf_worker, paused_speech, mode):
+    [entry] = run(hf_worker, files=[str(paused_speech)], model="base", mode=mode, word_timestamps=True)
+    assert entry["ok"], entry
+    audio_s = duration(paused_speech)
+    data = check_outputs(entry, audio_s)
+    decoding = data["decoding"]
+    assert decoding["vad"] is True and decoding["voice_regions"] >= 2
+    assert decoding["seconds_of_voice"] < audio_s - 15  # both pauses were cut before decoding
+    assert wer(ENGLISH + " " + ENGLISH, entry["text"]) < BASE_WER, entry["text"]
+    first, last = data["segments"][0], data["segments"][-1]
+    assert 11.0 <= first["start"] <= 13.0, first  # the voice starts at 12 s of the file, not at 0
+    assert last["end"] > audio_s - 3, last  # times after the cut pauses are back on the file's clock
+    words = [w for s in data["segments"] for w in s["words"]]
+    gaps = [b["start"] - a["end"] for a, b in zip(words, words[1:])]
+    assert max(gaps) > 6.0, gaps  # the 8-second pause between the two readings is there, not squeezed out
+
+
+def test_vad_on_transformers_decodes_no_music(hf_worker, speech):
+    entries = run(hf_worker, files=[str(speech["music"])], model="base")
+    assert entries[0]["ok"] and entries[0]["text"] == ""
+    data = json.loads(Path(entries[0]["files"]["json"]).read_text(encoding="utf-8"))
+    assert data["decoding"]["vad"] is True and data["decoding"]["seconds_of_voice"] == 0
+
+
+def test_vad_off_on_transformers_decodes_everything(hf_worker, paused_speech):
+    [entry] = run(hf_worker, files=[str(paused_speech)], model="base", vad=False)
+    data = json.loads(Path(entry["files"]["json"]).read_text(encoding="utf-8"))
+    assert data["decoding"]["vad"] is False and "seconds_of_voice" not in data["decoding"]

@@ -222,9 +222,37 @@ class _Transcriber(TranscriberBase):
     # --- one file ---------------------------------------------------------------------------------------
 
     def _decode(self, audio, name, index, count, timings, language, decoding, retries) -> list:
-        if self.request.mode == "chunked":
-            return self._chunked(audio, name, index, count, timings, language, decoding, retries)
-        return self._sequential(audio, name, index, count, timings, language, decoding, retries)
+        cut = self._voice(audio, name, timings, decoding)
+        if cut is not None:
+            if not cut.regions:
+                return []
+            audio = cut.audio
+        decode = self._chunked if self.request.mode == "chunked" else self._sequential
+        segments = decode(audio, name, index, count, timings, language, decoding, retries)
+        return cut.restore(segments) if cut is not None else segments
+
+    def _voice(self, audio, name, timings, decoding):
+        """Voice detection (``asr_vad``), when the request asks for it: the speech to decode, or None to decode
+        everything. Random-weight builds (``--demo``, ``--random-weights``) decode everything: their text is not
+        speech, and a benchmark keeps its workload."""
+        from ..media.audio import SAMPLE_RATE
+
+        decoding["vad"] = bool(self.request.vad)
+        if not self.request.vad:
+            return None
+        if self.demo or self.random_weights:
+            decoding.update(vad=False, vad_skipped="random weights: every window is decoded")
+            return None
+        from .asr_vad import cut_to_speech
+
+        clock = time.perf_counter()
+        with self.ctx.stage("asr_vad"):
+            cut = cut_to_speech(audio, SAMPLE_RATE)
+        decoding.update(vad_s=round(time.perf_counter() - clock, 3), seconds_of_voice=round(cut.seconds, 3),
+                        voice_regions=len(cut.regions))
+        if not cut.regions:
+            self.ctx.note(f"{name}: voice detection found no speech: empty transcript, the model was not run.")
+        return cut
 
     def _language_for(self, windows_features, timings: dict, language: dict) -> str:
         if self.english_only:
