@@ -1,8 +1,8 @@
 """Speech to text: validate a request, transcribe a batch of files on one of two engines, write them out.
 
 Engines (``--asr-engine``, the sidecar's ``model.engine`` and ``model.compute_type``): transformers
-(``asr_decode``) and CTranslate2 / faster-whisper (``asr_ct2``, with Silero voice detection, the
-request's ``vad``). The request and its checks are in ``asr_request``, the shared file stages and
+(``asr_decode``, voice detection through ``asr_vad``) and CTranslate2 / faster-whisper (``asr_ct2``); both
+detect voice with Silero when the request's ``vad`` is on. The request and its checks are in ``asr_request``, the shared file stages and
 outputs in ``asr_outputs``, loading in ``families.whisper_load``. What follows describes the
 transformers engine; CTranslate2 has the same modes, fallbacks and outputs.
 

@@ -60,7 +60,7 @@ class ASRRequest:
     max_cue_seconds: float = 7.0
     max_new_tokens: int = 0  # per 30-second window; 0 = the model's own limit
     max_duration_s: float = 0  # longest file accepted; 0 = ``pipelines.media.audio.MAX_DURATION_S``
-    vad: bool = True  # Silero voice detection (CTranslate2 engine): only speech is decoded
+    vad: bool = True  # Silero voice detection (both engines; asr_vad, asr_ct2): only speech is decoded
     names: list[str] = field(default_factory=list)  # shown names, parallel to files (default: file names)
     notes: list[str] = field(default_factory=list)
 
