@@ -48,15 +48,26 @@ def folder_kind(folder: Path) -> str:
     return "transformers"
 
 
+def _json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def english_only(folder: Path, name: str = "") -> bool:
-    """True for a ``.en`` model: no language tokens (transformers ``vocab_size`` 51864, CTranslate2 config
-    without ``lang_ids``), or ``.en`` in its name."""
+    """True for a ``.en`` model: ``.en`` in its name, a transformers generation config that is not
+    multilingual (or has no language tokens), a CTranslate2 config without ``lang_ids``, or, with none of
+    these, a transformers ``vocab_size`` under 51865 (Whisper's English-only vocabulary has 51864)."""
     if name.endswith(".en") or Path(folder).name.endswith(".en"):
         return True
-    try:
-        config = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
+    generation = _json(Path(folder) / "generation_config.json")
+    if "is_multilingual" in generation:
+        return not generation["is_multilingual"]
+    if "lang_to_id" in generation:
+        return not generation["lang_to_id"]
+    config = _json(Path(folder) / "config.json")
     if "lang_ids" in config:
         return not config["lang_ids"]
     return config.get("vocab_size", 51865) < 51865

@@ -96,9 +96,11 @@ def load(spec, settings, device: str, dtype: str):
 
 
 def _recorded(loaded, folder: Path, revision: str):
-    """A creator's folder: the sidecar records the folder and a hash of its weights."""
+    """A creator's model: the sidecar records its folder, and for a folder of their own (not a Hugging Face
+    snapshot, which its commit names) a hash of its weights."""
+    loaded.optimisations["folder"] = str(folder)
     if revision == "local":
-        loaded.optimisations.update(folder=str(folder), weights_sha256=weights_hash(Path(folder)))
+        loaded.optimisations["weights_sha256"] = weights_hash(Path(folder))
     return loaded
 
 
