@@ -79,7 +79,11 @@ def test_layouts_strengths_and_composition_on_the_transformer(tmp_path, data_dir
         adapters.use_loras(model, wan, check.check_loras(text, spec, settings), settings)
         return _forward(model.pipe)
 
+    from pipelines.device.loading import parameter_bytes
+
+    model.n_bytes = before = parameter_bytes(model.pipe)
     outputs = {name: run(name) for name in ("style", "comfy/style_wan", "style_kohya", "style_lightx2v")}
+    assert model.n_bytes > before  # the memory budget counts the adapters
     for name, output in outputs.items():
         assert torch.allclose(output, outputs["style"], atol=1e-5), name
     assert (outputs["style"] - base).abs().mean() > 1e-3

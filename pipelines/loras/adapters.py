@@ -112,6 +112,10 @@ def use_loras(model, family, chosen: list, settings=None) -> dict:
             component.set_adapters(names, [float(wanted[name].strength) for name in names])
         else:
             component.disable_lora()
+    if loaded or unloaded:  # the resident-model budget counts the adapters too
+        from ..device.loading import parameter_bytes
+
+        model.n_bytes = parameter_bytes(pipe)
     seconds = time.perf_counter() - started
     if wanted or unloaded:
         logger.info("LoRAs on %s: %s (loaded %s; reused %s; unloaded %s) in %.2f s", model.spec.title,
