@@ -1,47 +1,75 @@
 """The API behind the Models tab (/models, /models_download, /models_progress, /models_delete) on a served
-app, downloading a tiny real Whisper from a local server that answers like the Hugging Face API."""
+app shared with users (an admin and a creator), downloading a tiny real Whisper from a local server that
+answers like the Hugging Face API."""
 
 from __future__ import annotations
 
 import time
 
 import pytest
-from gradio_client import Client
 
 from tests.conftest import start_app, stop_app
 from tests.test_downloads import Hub, tiny_repo  # noqa: F401
+from tests.test_security import call
+from tests.test_security_sharing import add_user, session
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, data_dir, tiny_repo):  # noqa: F811
     hub = Hub(tiny_repo)
-    app = start_app(tmp_path_factory.mktemp("models"), data_dir, env={"HF_ENDPOINT": hub.url})
+    folder = tmp_path_factory.mktemp("models")
+    users = folder / "users.txt"
+    for name in ("ana", "bo"):  # ana is an admin, bo a creator
+        add_user(users, name)
+    app = start_app(folder, data_dir, "--auth-file", str(users), env={"HF_ENDPOINT": hub.url})
     yield app, hub
     stop_app(app)
     hub.server.shutdown()
 
 
+def predict(client, api_name: str, **values):
+    event, outputs = call(client, api_name, values)
+    if event != "complete":
+        raise RuntimeError(str(outputs))
+    return outputs[0]
+
+
 def test_models_lists_downloads_in_the_background_and_deletes(served):
     app, hub = served
-    client = Client(app.url, verbose=False)
-    rows = {row["id"]: row for row in client.predict(api_name="/models")}
+    client = session(app, "ana")
+    rows = {row["id"]: row for row in predict(client, "models")}
     assert rows["whisper-small"]["state"] == "missing" and rows["wan2.1-t2v-1.3b"]["vram_gb"] == 17.0
-    started = client.predict("whisper-small", "huggingface", api_name="/models_download")
+    started = predict(client, "models_download", model_id="whisper-small", source="huggingface")
     assert started["repo_id"] == "openai/whisper-small"
     for _ in range(120):
-        progress = client.predict("whisper-small", api_name="/models_progress")
+        progress = predict(client, "models_progress", model_id="whisper-small")
         if progress["state"] in ("done", "failed"):
             break
         time.sleep(0.5)
     assert progress["state"] == "done", progress
     assert progress["done"] == progress["total"] == sum(len(d) for d in hub.files.values())
-    rows = {row["id"]: row for row in client.predict(api_name="/models")}
+    rows = {row["id"]: row for row in predict(client, "models")}
     assert rows["whisper-small"]["state"] == "on disk" and rows["whisper-small"]["source"].startswith("huggingface@")
-    with pytest.raises(Exception, match="Confirm"):
-        client.predict("whisper-small", False, api_name="/models_delete")
-    assert client.predict("whisper-small", True, api_name="/models_delete") > 0
-    rows = {row["id"]: row for row in client.predict(api_name="/models")}
+    assert rows["whisper-small"]["folder"]  # an admin sees where it is
+    with pytest.raises(RuntimeError, match="Confirm"):
+        predict(client, "models_delete", model_id="whisper-small", confirm=False)
+    assert predict(client, "models_delete", model_id="whisper-small", confirm=True) > 0
+    rows = {row["id"]: row for row in predict(client, "models")}
     assert rows["whisper-small"]["state"] == "missing"
+
+
+def test_only_admins_download_delete_or_follow_downloads(served):
+    app, _ = served
+    bo = session(app, "bo")
+    for api_name, values in (("models_download", {"model_id": "whisper-small", "source": "huggingface"}),
+                             ("models_progress", {"model_id": "whisper-small"}),
+                             ("models_delete", {"model_id": "whisper-small", "confirm": True})):
+        event, message = call(bo, api_name, values)
+        assert event == "error" and "admin is needed" in str(message), (api_name, message)
+    rows = predict(bo, "models")  # the list stays readable, without the folders
+    assert rows and all("folder" not in row for row in rows)
+    assert predict(session(app, "ana"), "models_progress", model_id="whisper-small")["state"] in (
+        "idle", "done", "failed")  # no download started by bo
 
 
 def test_model_source_flag_sets_the_pages_default_source():

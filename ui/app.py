@@ -141,7 +141,8 @@ def build_demo(worker: Executor, settings, controller, log_buffer=None, access=N
                 describe, info = build_system_tab(worker, settings, controller, translator, lang_state,
                                                   access=access, admin_only=admin_only)
             with translator.bind(gr.Tab("Models", id="models"), label="models_tab"):
-                language_hooks += build_models_tab(ModelsApi(settings, worker), translator, lang_state)
+                language_hooks += build_models_tab(ModelsApi(settings, worker), translator, lang_state, access=access,
+                                                   admin_only=admin_only)
         build_live_panel(worker, log_buffer, translator, lang_state, strip, access=access)
 
         components = translator.components

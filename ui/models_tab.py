@@ -2,8 +2,10 @@
 every catalogue model with its state, size on disk, download size, VRAM need and source; downloads run in
 background threads of this (front) process through ``pipelines.studio.downloads``, never in the GPU worker.
 
-``list_models``, ``start_download`` and ``delete_model`` are plain functions an access check (admins only)
-can wrap; the tab and the API call them through ``ModelsApi``.
+``list_models``, ``start_download`` and ``delete_model`` are plain functions; the tab and the API call them
+through ``ModelsApi``. When the studio has users (``--auth-file``), only admins may download, delete or
+follow a download (its messages name folders): the handlers refuse the others (``refuse_unless_admin``),
+the page hides those controls from them, and their model list leaves the folders out.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from pipelines.families.catalogue import CATALOGUE
 from pipelines.studio import downloads
 from pipelines.studio.model_sources import SOURCES
 
-from .i18n import t
+from .auth_access import refuse_unless_admin
+from .i18n import request_language, t
 
 STATE_KEYS = {"on disk": "models_state_on_disk", "partly downloaded": "models_state_partly",
               "missing": "models_state_missing", "hf cache": "models_state_hf_cache"}
@@ -123,8 +126,13 @@ def progress_html(lang: str, p: dict) -> str:
             f"<div class='cs-bar'><div style='width:{share:.0f}%'></div></div></div>")
 
 
-def build_models_tab(api: ModelsApi, translator, lang_state) -> list:
-    """The tab's controls and API; returns the language hooks (texts computed from values)."""
+def _is_admin(access, request) -> bool:
+    return access is None or access.request_is_admin(request)
+
+
+def build_models_tab(api: ModelsApi, translator, lang_state, access=None, admin_only: list | None = None) -> list:
+    """The tab's controls and API; returns the language hooks (texts computed from values). With ``access``
+    (users), the actions are admins' and their controls go into ``admin_only`` for the page to hide."""
     folder = models_root(api.settings)
     translator.bind(gr.Markdown(t("en", "models_intro", folder=folder)), value=("models_intro", {"folder": folder}))
     headers = [t("en", k) for k in ("models_col_id", "models_col_repo", "models_col_state", "models_col_disk",
@@ -134,7 +142,7 @@ def build_models_tab(api: ModelsApi, translator, lang_state) -> list:
         pick = translator.bind(gr.Dropdown(list(CATALOGUE), value=next(iter(CATALOGUE)), label="Model",
                                            elem_id="cs-models-pick"), label="models_pick")
         source = translator.bind(gr.Radio(list(SOURCES), value=api.source, label="Source"), label="models_source")
-    with gr.Row():
+    with gr.Row() as actions:
         download = translator.bind(gr.Button("Download", variant="primary", elem_id="cs-models-download"),
                                    value="models_download")
         refresh = translator.bind(gr.Button("Refresh", elem_id="cs-models-refresh"), value="models_refresh")
@@ -144,15 +152,22 @@ def build_models_tab(api: ModelsApi, translator, lang_state) -> list:
     status = gr.Markdown("", elem_id="cs-models-status")
     bar = gr.HTML(progress_html("en", {}))
     timer = gr.Timer(1.0)
+    if admin_only is not None and access is not None:
+        admin_only += [actions, pick, source, bar]
 
-    def on_download(model_id, chosen, lang):
+    def on_download(model_id, chosen, lang, request: gr.Request):
         try:
+            refuse_unless_admin(access, request, lang)
             api.start_download(model_id, chosen)
             return t(lang, "models_started", model=model_id), progress_html(lang, api.progress(model_id))
-        except ValueError as error:
-            return f"**{error}**", gr.update()
+        except (ValueError, gr.Error) as error:
+            return f"**{getattr(error, 'message', error)}**", gr.update()
 
-    def on_delete(model_id, ok, lang):
+    def on_delete(model_id, ok, lang, request: gr.Request):
+        try:
+            refuse_unless_admin(access, request, lang)
+        except gr.Error as error:
+            return f"**{error.message}**", gr.update(), False
         if not ok:
             return t(lang, "models_confirm_first"), gr.update(), False
         try:
@@ -161,8 +176,9 @@ def build_models_tab(api: ModelsApi, translator, lang_state) -> list:
             return f"**{error}**", gr.update(), False
         return t(lang, "models_deleted", model=model_id, freed=downloads.gib(freed)), _table(api, lang), False
 
-    def on_tick(model_id, lang):
-        return progress_html(lang, api.progress(model_id)), _table(api, lang)
+    def on_tick(model_id, lang, request: gr.Request):
+        bar_now = progress_html(lang, api.progress(model_id)) if _is_admin(access, request) else gr.skip()
+        return bar_now, _table(api, lang)
 
     download.click(on_download, [pick, source, lang_state], [status, bar], api_visibility="private", queue=False)
     delete.click(on_delete, [pick, confirm, lang_state], [status, table, confirm], api_visibility="private",
@@ -171,20 +187,24 @@ def build_models_tab(api: ModelsApi, translator, lang_state) -> list:
     timer.tick(on_tick, [pick, lang_state], [bar, table], api_visibility="private", queue=False,
                show_progress="hidden")
 
-    def models() -> list[dict]:
-        """Every catalogue model: state, size on disk, download size, VRAM need, source."""
-        return api.list_models()
+    def models(request: gr.Request) -> list[dict]:
+        """Every catalogue model: state, size on disk, download size, VRAM need, source (folders: admins)."""
+        rows = api.list_models()
+        return rows if _is_admin(access, request) else [{k: v for k, v in row.items() if k != "folder"} for row in rows]
 
-    def models_download(model_id: str, source: str = "auto") -> dict:
-        """Start downloading a catalogue model in the background; returns its progress."""
+    def models_download(model_id: str, source: str = "auto", request: gr.Request = None) -> dict:
+        """Start downloading a catalogue model in the background (admins); returns its progress."""
+        refuse_unless_admin(access, request, request_language("", request))
         return api.start_download(model_id, source)
 
-    def models_progress(model_id: str) -> dict:
-        """A download's bytes, speed and ETA."""
+    def models_progress(model_id: str, request: gr.Request = None) -> dict:
+        """A download's bytes, speed and ETA (admins)."""
+        refuse_unless_admin(access, request, request_language("", request))
         return api.progress(model_id)
 
-    def models_delete(model_id: str, confirm: bool = False) -> int:
-        """Delete a model's downloaded files (confirm=True); refused for a model in use. Returns bytes freed."""
+    def models_delete(model_id: str, confirm: bool = False, request: gr.Request = None) -> int:
+        """Delete a model's downloaded files (admins, confirm=True); refused for a model in use. Returns bytes freed."""
+        refuse_unless_admin(access, request, request_language("", request))
         return api.delete_model(model_id, confirm)
 
     for fn in (models, models_download, models_progress, models_delete):
