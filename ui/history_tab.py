@@ -18,6 +18,7 @@ from pipelines.families.catalogue import get_spec
 from .i18n import Translator, error_text, request_language, t
 from .identity import check_owner
 from .job_status import page_twin
+from .lora_picker import loras_text
 
 TASK_TABS = {"t2v": "tab_t2v", "i2v": "i2v_tab", "asr": "asr_tab"}
 STATES = ("done", "failed", "cancelled", "queued", "running")
@@ -83,6 +84,8 @@ def reuse_values(entry: HistoryEntry, fields: dict[str, gr.components.Component]
     for name in fields:
         if name in settings and settings[name] is not None:
             values[name] = settings[name]
+    if "loras" in fields:  # a clip made without LoRAs empties the picker; a recorded list becomes its text
+        values["loras"] = loras_text(settings.get("loras"))
     if entry.task in ("t2v", "i2v") and "model" in values and "preset" in fields:
         from pipelines.tasks import i2v
         from pipelines.tasks import t2v

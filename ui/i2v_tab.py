@@ -19,6 +19,7 @@ from .i18n import Translator, error_text, request_language, t
 from .i18n import model_note as catalogue_note
 from .identity import cancel_handler, owner_of
 from .job_status import done_message, follow_job, job_status, page_twin
+from .lora_picker import LoraPicker
 from .settings_view import settings_table
 from .t2v_tab import preset_choices
 
@@ -182,6 +183,7 @@ def build_i2v_tab(worker, settings, translator: Translator, lang_state: gr.State
                             elem_id="i2v-last-image", height=120),
                     label="i2v_last_image",
                 )
+            picker = LoraPicker(settings, translator, "i2v", default_spec.id)
             with translator.bind(gr.Accordion("Advanced settings", open=False), label="advanced"):
                 negative = translator.bind(
                     gr.Textbox(value=default_negative_prompt(default_spec), label="Negative prompt", lines=2),
@@ -301,7 +303,7 @@ def build_i2v_tab(worker, settings, translator: Translator, lang_state: gr.State
 
     def run(image_path, last_path, model_id, preset_name, prompt_text, negative_text, res, asp, fit_mode, n_frames,
             seconds, n_steps, cfg, flow_shift, seed_value, frame_rate, n_clips, lang, step_cache_threshold=0.0,
-            request: gr.Request = None):
+            loras="", request: gr.Request = None):
         lang = request_language(lang, request)
         try:  # no path from the API may leave the app's folders (Gradio already keeps them in its uploads)
             image_path, last_path = user_file(image_path, settings, "image"), user_file(last_path, settings, "last frame")
@@ -314,10 +316,10 @@ def build_i2v_tab(worker, settings, translator: Translator, lang_state: gr.State
             preset=preset_name or "", resolution=res or "", aspect=asp or "image", fit=fit_mode or "crop",
             frames=n_frames, duration_s=seconds or None, steps=n_steps, guidance=cfg, shift=flow_shift,
             seed=-1 if seed_value in (None, "") else seed_value, fps=frame_rate, clips=n_clips or 1,
-            step_cache=step_cache_threshold or 0.0,
+            step_cache=step_cache_threshold or 0.0, loras=loras or "",
         )
         try:
-            i2v_request = validate_i2v(i2v_request, demo=demo)  # fail fast, before the queue
+            i2v_request = validate_i2v(i2v_request, demo=demo, settings=settings)  # fail fast (LoRAs too)
             job = worker.submit("i2v", i2v_request, owner=owner_of(request))
         except RequestError as error:
             raise gr.Error(_error(lang, error), print_exception=False)
@@ -340,7 +342,7 @@ def build_i2v_tab(worker, settings, translator: Translator, lang_state: gr.State
         yield message, "", skip, last["video"], outputs, str(last["seed"]), sidecar
 
     inputs = [image, last_image, model, preset, prompt, negative, resolution, aspect, fit, frames, duration, steps,
-              guidance, shift, seed, fps, clips, lang_state, step_cache]
+              guidance, shift, seed, fps, clips, lang_state, step_cache, picker.text]
     outputs = [status, job_id, preview, video, files, used_seed, recorded]
     # The API raises its errors; the page writes them by Generate, and arms Stop only while its job runs.
     api_trigger = gr.Button(visible=False)
@@ -350,6 +352,7 @@ def build_i2v_tab(worker, settings, translator: Translator, lang_state: gr.State
                                concurrency_limit=32, concurrency_id="i2v-wait", show_progress="hidden")
     generated.then(refresh_recent, [recent], [recent], **private)
     recorded.change(settings_table, [recorded, lang_state], table, **private)
+    lora_hooks = picker.wire(model, prompt, steps, guidance, lang_state)
 
     cancel = cancel_handler(worker)
 
@@ -362,7 +365,8 @@ def build_i2v_tab(worker, settings, translator: Translator, lang_state: gr.State
     if forms is not None:  # for the History tab's "Reuse settings": request field -> component
         forms["i2v"] = {"model": model, "preset": preset, "image": image, "prompt": prompt, "negative_prompt": negative,
                         "resolution": resolution, "aspect": aspect, "fit": fit, "frames": frames, "steps": steps,
-                        "guidance": guidance, "shift": shift, "seed": seed, "fps": fps}
+                        "guidance": guidance, "shift": shift, "seed": seed, "fps": fps,
+                        "loras": picker.text}
     def relabel_presets(model_id, lang):
         return gr.update(choices=preset_choices(lang, presets_for(get_spec(model_id), demo)))
 
@@ -371,4 +375,5 @@ def build_i2v_tab(worker, settings, translator: Translator, lang_state: gr.State
         (relabel_choices, [lang_state, aspect, fit], [aspect, fit]),
         (relabel_presets, [model, lang_state], [preset]),
         (settings_table, [recorded, lang_state], [table]),
+        *lora_hooks,
     ]

@@ -17,6 +17,7 @@ from .i18n import Translator, error_text, request_language, t
 from .i18n import model_note as catalogue_note
 from .identity import cancel_handler, owner_of
 from .job_status import done_message, follow_job, job_status, page_twin
+from .lora_picker import LoraPicker
 from .settings_view import settings_table
 
 def _preset_values(spec, preset_name: str, demo: bool) -> dict:
@@ -97,6 +98,7 @@ def build_t2v_tab(worker, settings, translator: Translator, lang_state: gr.State
                 duration = translator.bind(gr.Number(value=0, label="Duration", minimum=0, elem_id="t2v-duration"),
                                            label="duration", info="duration_info")
             note = gr.Markdown(elem_id="t2v-size-note", value=size_note("en", default_spec.id, start["resolution"], "16:9", start["frames"], default_spec.fps, demo))
+            picker = LoraPicker(settings, translator, "t2v", default_spec.id)
             with translator.bind(gr.Accordion("Advanced settings", open=False), label="advanced"):
                 negative = translator.bind(gr.Textbox(value=DEFAULT_NEGATIVE_PROMPT, label="Negative prompt", lines=2),
                                            label="negative_prompt", info="negative_info")
@@ -166,20 +168,21 @@ def build_t2v_tab(worker, settings, translator: Translator, lang_state: gr.State
     frames.input(lambda: 0, None, duration, api_visibility="private", show_progress="hidden")  # frames typed: they rule
     fps.input(frames_for, [model, duration, fps, frames], frames, api_visibility="private", show_progress="hidden")
     recorded.change(settings_table, [recorded, lang_state], table, api_visibility="private", show_progress="hidden")
+    lora_hooks = picker.wire(model, prompt, steps, guidance, lang_state)
 
     # --- the job --------------------------------------------------------------------------------------
 
     def run(model_id, preset_name, prompt_text, negative_text, res, asp, n_frames, seconds, n_steps, cfg, flow_shift,
-            seed_value, frame_rate, n_clips, lang, step_cache_threshold=0.0, request: gr.Request = None):
+            seed_value, frame_rate, n_clips, lang, step_cache_threshold=0.0, loras="", request: gr.Request = None):
         lang = request_language(lang, request)
         t2v_request = T2VRequest(
             prompt=prompt_text, negative_prompt=negative_text or "", model=model_id, preset=preset_name or "",
             resolution=res, aspect=asp, frames=n_frames, duration_s=seconds or None, steps=n_steps, guidance=cfg,
             shift=flow_shift, seed=-1 if seed_value in (None, "") else seed_value, fps=frame_rate, clips=n_clips,
-            step_cache=step_cache_threshold or 0.0,
+            step_cache=step_cache_threshold or 0.0, loras=loras or "",
         )
         try:
-            t2v_request = validate_t2v(t2v_request, demo=demo)  # fail fast, before the queue
+            t2v_request = validate_t2v(t2v_request, demo=demo, settings=settings)  # fail fast (LoRAs too)
             job = worker.submit("t2v", t2v_request, owner=owner_of(request))
         except RequestError as error:
             raise gr.Error(error_text(lang, error.key, error.params, str(error)), print_exception=False)
@@ -202,7 +205,7 @@ def build_t2v_tab(worker, settings, translator: Translator, lang_state: gr.State
         yield message, "", skip, last["video"], outputs, str(last["seed"]), sidecar
 
     inputs = [model, preset, prompt, negative, resolution, aspect, frames, duration, steps, guidance, shift, seed, fps,
-              clips, lang_state, step_cache]
+              clips, lang_state, step_cache, picker.text]
     outputs = [status, job_id, preview, video, files, used_seed, recorded]
     # The API raises its errors; the page writes them by Generate, and arms Stop only while its job runs.
     api_trigger = gr.Button(visible=False)
@@ -217,9 +220,9 @@ def build_t2v_tab(worker, settings, translator: Translator, lang_state: gr.State
     if forms is not None:  # for the History tab's "Reuse settings": request field -> component
         forms["t2v"] = {"model": model, "preset": preset, "prompt": prompt, "negative_prompt": negative,
                         "resolution": resolution, "aspect": aspect, "frames": frames, "steps": steps,
-                        "guidance": guidance, "shift": shift, "seed": seed, "fps": fps}
+                        "guidance": guidance, "shift": shift, "seed": seed, "fps": fps, "loras": picker.text}
     def relabel_presets(model_id, lang):
         return gr.update(choices=preset_choices(lang, presets_for(get_spec(model_id), demo)))
 
     return [(note_for, note_inputs, [note]), (relabel_presets, [model, lang_state], [preset]),
-            (settings_table, [recorded, lang_state], [table])]
+            (settings_table, [recorded, lang_state], [table]), *lora_hooks]
