@@ -213,6 +213,9 @@ def test_checks_at_submit_name_the_file_and_why(folder, tmp_path):
     with pytest.raises(RequestError) as error:
         check.check_loras("good", spec, settings_for(folder, tmp_path, parallel=2))
     assert error.value.key == "lora_parallel"
+    with pytest.raises(RequestError, match="--fp8") as error:
+        check.check_loras("good", spec, settings_for(folder, tmp_path, fp8=True))
+    assert error.value.key == "lora_unsupported"
 
 
 def test_validation_writes_the_text_one_way_and_checks_files_with_settings(folder, tmp_path):

@@ -73,6 +73,10 @@ def check_loras(text, spec, settings) -> list[ChosenLora]:
                            model=spec.title, why=support)
     if settings is None:
         return []
+    if getattr(settings, "fp8", False):  # peft would store the adapters in the fp8 of the layers they wrap
+        why = "not with --fp8 weight storage yet; start without --fp8 to use them."
+        raise RequestError(f"{spec.title} cannot take LoRAs here: {why}", key="lora_unsupported", model=spec.title,
+                           why=why)
     if getattr(settings, "parallel", 1) > 1:
         raise RequestError("LoRAs do not run across several GPUs (--parallel) yet; start without it to use them.",
                            key="lora_parallel")
