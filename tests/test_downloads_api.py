@@ -81,3 +81,20 @@ def test_model_source_flag_sets_the_pages_default_source():
     assert ModelsApi(app.settings_from_args(app.parse_args([])), worker=None).source == "auto"
     with pytest.raises(SystemExit):
         app.parse_args(["--model-source", "ftp"])
+
+
+def test_the_models_table_and_progress_speak_chinese(tmp_path):
+    from pipelines.studio.settings import Settings
+    from ui.i18n import STRINGS
+    from ui.models_tab import ModelsApi, _table, progress_html, source_choices
+
+    api = ModelsApi(Settings(outputs_dir=tmp_path / "outputs", data_dir=tmp_path / "data"), worker=None)
+    table = _table(api, "zh")
+    assert table["headers"] == ["模型", "仓库", "状态", "占用空间", "下载大小", "显存需求 (GB)", "来源"]
+    assert _table(api, "en")["headers"][4] == "Download size"
+    assert {row[2] for row in table["data"]} <= {STRINGS["zh"][k] for k in STRINGS["zh"] if k.startswith("models_state_")}
+    shown = progress_html("zh", {"repo_id": "openai/whisper-small", "state": "downloading", "done": 1 << 20,
+                                 "total": 2 << 20, "speed": 1 << 20, "eta": 1.0, "message": ""})
+    assert "下载中" in shown and "downloading" not in shown.replace("data-state='downloading'", "")
+    assert source_choices("zh")[0] == ("自动（先 Hugging Face，不通则 ModelScope）", "auto")
+    assert {k for k in STRINGS["en"] if k.startswith("models_")} <= set(STRINGS["zh"])

@@ -17,7 +17,7 @@ from gradio_client import Client, handle_file
 
 from tests.conftest import ROOT, free_port
 from tests.test_asr_api import DEFAULTS, spoken  # noqa: F401
-from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, pytestmark, sync_playwright  # noqa: F401
+from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, expect, pytestmark, sync_playwright  # noqa: F401
 from tests.test_downloads import Hub
 
 
@@ -71,6 +71,12 @@ def test_download_from_the_models_page_then_transcribe_with_it(app, hub, spoken)
         page.locator("#cs-models-download").click()
         page.locator("#cs-model-progress[data-state='done']").wait_for(timeout=60_000)
         assert "openai/whisper-small" in page.locator("#cs-model-progress").inner_text()
+        # In Chinese: the table's headers, its states and the progress line too
+        page.locator("#cs-language label", has_text="简体中文").click()
+        table = page.locator("#cs-models-table")
+        expect(table.get_by_text("下载大小").first).to_be_visible(timeout=15_000)
+        expect(table).to_contain_text("已在磁盘")  # the row may sit below the table's scroll
+        expect(page.locator("#cs-model-progress")).to_contain_text("已完成")
         browser.close()
     assert (base / "data" / "models" / "openai--whisper-small" / "cinescribe-source.json").is_file()
     client = Client(url, verbose=False)

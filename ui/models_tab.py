@@ -24,6 +24,9 @@ from .i18n import request_language, t
 
 STATE_KEYS = {"on disk": "models_state_on_disk", "partly downloaded": "models_state_partly",
               "missing": "models_state_missing", "hf cache": "models_state_hf_cache"}
+COLUMN_KEYS = ("models_col_id", "models_col_repo", "models_col_state", "models_col_disk", "models_col_download",
+               "models_col_vram", "models_col_source")
+PROGRESS_STATES = ("starting", "downloading", "verifying", "done", "failed", "stopped")
 
 
 def models_root(settings) -> Path:
@@ -106,11 +109,23 @@ class ModelsApi:
         return downloads.delete_model(spec.repo_id, models_root(self.settings), lambda repo: in_use(self.worker, repo))
 
 
-def _table(api: ModelsApi, lang: str) -> list[list]:
-    return [[row["id"], row["repo_id"], t(lang, STATE_KEYS[row["state"]]),
+def _source(lang: str, row: dict) -> str:
+    if row["state"] == "hf cache":
+        return t(lang, "models_source_hf_cache")
+    return row["source"] or "-"
+
+
+def _table(api: ModelsApi, lang: str) -> dict:
+    """The table's headers and rows in ``lang``."""
+    rows = [[row["id"], row["repo_id"], t(lang, STATE_KEYS[row["state"]]),
              downloads.gib(row["size"]) if row["size"] else "-",
              downloads.gib(row["download_size"]) if row["download_size"] else "?",
-             row["vram_gb"], row["source"] or "-"] for row in api.list_models()]
+             row["vram_gb"], _source(lang, row)] for row in api.list_models()]
+    return {"headers": [t(lang, key) for key in COLUMN_KEYS], "data": rows}
+
+
+def source_choices(lang: str) -> list[tuple[str, str]]:
+    return [(t(lang, f"models_source_{name}"), name) for name in SOURCES]
 
 
 def progress_html(lang: str, p: dict) -> str:
@@ -118,7 +133,8 @@ def progress_html(lang: str, p: dict) -> str:
         return f"<div class='cs-live'>{t(lang, 'models_idle')}</div>"
     share = p["done"] / p["total"] * 100 if p["total"] else 0.0
     eta = f"{p['eta']:.0f} s" if p.get("eta") is not None else "?"
-    text = t(lang, "models_progress", model=p["repo_id"], state=p["state"], done=downloads.gib(p["done"]),
+    state = t(lang, f"models_pstate_{p['state']}") if p["state"] in PROGRESS_STATES else p["state"]
+    text = t(lang, "models_progress", model=p["repo_id"], state=state, done=downloads.gib(p["done"]),
              total=downloads.gib(p["total"]), share=f"{share:.0f}", speed=f"{p['speed'] / (1 << 20):.1f} MiB/s",
              eta=eta)
     message = f"<br>{p['message']}" if p.get("message") else ""
@@ -135,13 +151,11 @@ def build_models_tab(api: ModelsApi, translator, lang_state, access=None, admin_
     (users), the actions are admins' and their controls go into ``admin_only`` for the page to hide."""
     folder = models_root(api.settings)
     translator.bind(gr.Markdown(t("en", "models_intro", folder=folder)), value=("models_intro", {"folder": folder}))
-    headers = [t("en", k) for k in ("models_col_id", "models_col_repo", "models_col_state", "models_col_disk",
-                                    "models_col_download", "models_col_vram", "models_col_source")]
-    table = gr.Dataframe(_table(api, "en"), headers=headers, interactive=False, elem_id="cs-models-table")
+    table = gr.Dataframe(_table(api, "en"), interactive=False, elem_id="cs-models-table")
     with gr.Row():
         pick = translator.bind(gr.Dropdown(list(CATALOGUE), value=next(iter(CATALOGUE)), label="Model",
                                            elem_id="cs-models-pick"), label="models_pick")
-        source = translator.bind(gr.Radio(list(SOURCES), value=api.source, label="Source"), label="models_source")
+        source = translator.bind(gr.Radio(source_choices("en"), value=api.source, label="Source"), label="models_source")
     with gr.Row() as actions:
         download = translator.bind(gr.Button("Download", variant="primary", elem_id="cs-models-download"),
                                    value="models_download")
@@ -209,4 +223,9 @@ def build_models_tab(api: ModelsApi, translator, lang_state, access=None, admin_
 
     for fn in (models, models_download, models_progress, models_delete):
         gr.api(fn, api_name=fn.__name__)
-    return [(lambda lang: _table(api, lang), [lang_state], [table])]
+    def relabel_bar(lang: str, model_id: str, request: gr.Request):
+        return progress_html(lang, api.progress(model_id)) if _is_admin(access, request) else gr.skip()
+
+    return [(lambda lang: _table(api, lang), [lang_state], [table]),
+            (lambda lang, chosen: gr.update(choices=source_choices(lang), value=chosen), [lang_state, source], [source]),
+            (relabel_bar, [lang_state, pick], [bar])]
