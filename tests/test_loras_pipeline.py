@@ -219,3 +219,18 @@ def test_the_benchmark_makes_loras_that_fit_and_reports_them(tmp_path):
     text = lora_switch.markdown(report)
     assert "| A + B | `bench_a:1, bench_b:0.5` | 0.010 | - | bench_a, bench_b | 0.2 | 3.0 |" in text
     assert "failed: boom" in text and "fusing took 0.5 s" in text
+
+
+def test_out_of_memory_while_loading_a_lora_goes_to_the_memory_ladder(tmp_path, data_dir, loras, monkeypatch):
+    import torch
+
+    settings = _settings(tmp_path, data_dir, loras)
+    model = _loaded("wan-t2v", data_dir, "wan2.1-t2v-1.3b")
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(model.pipe, "load_lora_weights", out_of_memory)
+    with pytest.raises(torch.OutOfMemoryError):  # not a RequestError: the ladder retries one level lower
+        adapters.use_loras(model, wan, check.check_loras("style", model.spec, settings), settings)
+    assert model.loras == {} and not getattr(model.pipe.transformer, "peft_config", None)

@@ -71,6 +71,10 @@ def _load(pipe, family, spec, lora, name: str) -> None:
                     pipe.load_lora_weights(dict(state), adapter_name=name, **kwargs)
     except Exception as error:
         _drop(pipe, family, name)
+        from ..device.memory import is_out_of_memory
+
+        if is_out_of_memory(error):
+            raise  # the out-of-memory ladder (tasks.video) frees memory and tries again a level lower
         first = str(error).splitlines()[0][:300] if str(error) else type(error).__name__
         logger.warning("LoRA %s could not be loaded onto %s: %s", file, spec.title, first)
         raise RequestError(f"The LoRA {file} could not be loaded onto {spec.title}: {first}", key="lora_load_failed",

@@ -307,9 +307,6 @@ def use_request_loras(ctx, model, family, spec, request) -> tuple[list, list[dic
         return [], [], None
     used = use_loras(model, family, chosen, ctx.settings)
     records = record(chosen, ctx.settings)
-    if chosen:
-        ctx.note(f"LoRAs: {', '.join(f'{c.name} ({c.strength:g})' for c in chosen)}; loaded {len(used['loaded'])}, "
-                 f"reused {len(used['reused'])}, in {used['seconds']:.2f} s.")
     status = {name: "loaded" for name in used["loaded"]} | {name: "reused" for name in used["reused"]}
     section = {"adapters": [{**entry, "layout": c.info.layout, "adapter": status.get(c.name, "")}
                             for entry, c in zip(records, chosen)],
