@@ -8,6 +8,7 @@ import hashlib
 import http.server
 import json
 import threading
+import time
 import urllib.parse
 from pathlib import Path
 
@@ -35,6 +36,7 @@ class Hub:
 
     def __init__(self, files: dict[str, bytes]):
         self.files, self.drop_after, self.bad, self.down, self.ranges = files, None, set(), set(), []
+        self.listings = 0  # Hugging Face file lists asked for
         hub = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -47,6 +49,7 @@ class Hub:
                 if kind in hub.down:
                     return self.send_error(503)
                 if url.path == f"/api/models/{REPO}/revision/main":
+                    hub.listings += 1
                     return self.json({"sha": "c0ffee" * 6 + "abcd", "siblings": [
                         {"rfilename": n, "size": len(d), "lfs": {"sha256": hub.sha(n), "size": len(d)}}
                         for n, d in hub.files.items()]})
@@ -217,3 +220,39 @@ def test_a_failed_download_resumes_when_started_again(hub, tmp_path, monkeypatch
     weights = next(n for n in hub.files if n.endswith(".safetensors"))
     folder = downloads.download_model(REPO, tmp_path, source="huggingface")
     assert hub.ranges.count((weights, 1000)) == 1 and (folder / weights).read_bytes() == hub.files[weights]
+
+
+def answered(sizes: downloads.SizeLookups, source: str = "huggingface") -> tuple[int | None, str]:
+    """``sizes.size`` once its background lookup is over."""
+    deadline = time.monotonic() + 30
+    while (answer := sizes.size(REPO, None, source))[1] == "checking":
+        assert time.monotonic() < deadline, "the size lookup never ended"
+        time.sleep(0.05)
+    return answer
+
+
+def test_download_size_is_known_before_a_download_and_remembered(hub, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    sizes = downloads.SizeLookups(tmp_path)
+    assert sizes.size(REPO, None, "huggingface") == (None, "checking")  # never waits on the network
+    assert answered(sizes) == (sum(len(d) for d in hub.files.values()), "")
+    assert hub.listings == 1 and not hub.ranges  # the file list only, nothing fetched
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # after a restart, offline: still known, not asked again
+    assert downloads.SizeLookups(tmp_path).size(REPO, None, "huggingface")[0] == sum(len(d) for d in hub.files.values())
+    assert hub.listings == 1
+
+
+def test_download_size_offline_or_unreachable_is_unknown_with_the_reason(hub, tmp_path, monkeypatch):
+    sizes = downloads.SizeLookups(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert sizes.size(REPO, None, "huggingface") == (None, "offline: HF_HUB_OFFLINE is set")
+    assert sizes.size(REPO, None, "modelscope") == (None, "checking")  # HF_HUB_OFFLINE is Hugging Face's
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    hub.down.add("hf")
+    size, why = answered(sizes)
+    assert size is None and why.startswith("unreachable:") and "503" in why
+    hub.down.clear()
+    assert sizes.size(REPO, None, "huggingface") == (None, why)  # a failure is kept a while, not asked every second
+    assert hub.listings == 0
+    monkeypatch.setattr(downloads, "SIZE_RETRY_S", 0.0)
+    assert answered(sizes)[0] == sum(len(d) for d in hub.files.values())  # then asked again

@@ -21,7 +21,8 @@ def served(tmp_path_factory, data_dir, tiny_repo):  # noqa: F811
     users = folder / "users.txt"
     for name in ("ana", "bo"):  # ana is an admin, bo a creator
         add_user(users, name)
-    app = start_app(folder, data_dir, "--auth-file", str(users), env={"HF_ENDPOINT": hub.url})
+    # online, to the local hub only: download sizes are asked for before any download
+    app = start_app(folder, data_dir, "--auth-file", str(users), env={"HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0"})
     yield app, hub
     stop_app(app)
     hub.server.shutdown()
@@ -37,8 +38,17 @@ def predict(client, api_name: str, **values):
 def test_models_lists_downloads_in_the_background_and_deletes(served):
     app, hub = served
     client = session(app, "ana")
-    rows = {row["id"]: row for row in predict(client, "models")}
-    assert rows["whisper-small"]["state"] == "missing" and rows["wan2.1-t2v-1.3b"]["vram_gb"] == 17.0
+    total = sum(len(d) for d in hub.files.values())
+    for _ in range(120):  # the download size, from the source's file list, before the download
+        rows = {row["id"]: row for row in predict(client, "models")}
+        if rows["whisper-small"]["download_size"]:
+            break
+        assert rows["whisper-small"]["download_size_why"] == "checking", rows["whisper-small"]
+        time.sleep(0.25)
+    assert rows["whisper-small"]["state"] == "missing" and rows["whisper-small"]["download_size"] == total
+    assert not hub.ranges  # nothing fetched yet
+    assert rows["wan2.1-t2v-1.3b"]["vram_gb"] == 17.0
+    assert rows["wan2.1-t2v-1.3b"]["download_size_why"].startswith(("checking", "not available"))  # 404 here
     started = predict(client, "models_download", model_id="whisper-small", source="huggingface")
     assert started["repo_id"] == "openai/whisper-small"
     for _ in range(120):
@@ -47,7 +57,7 @@ def test_models_lists_downloads_in_the_background_and_deletes(served):
             break
         time.sleep(0.5)
     assert progress["state"] == "done", progress
-    assert progress["done"] == progress["total"] == sum(len(d) for d in hub.files.values())
+    assert progress["done"] == progress["total"] == total
     rows = {row["id"]: row for row in predict(client, "models")}
     assert rows["whisper-small"]["state"] == "on disk" and rows["whisper-small"]["source"].startswith("huggingface@")
     assert rows["whisper-small"]["folder"]  # an admin sees where it is
@@ -89,7 +99,8 @@ def test_the_models_table_and_progress_speak_chinese(tmp_path):
     from ui.models_tab import ModelsApi, _table, progress_html, source_choices
 
     api = ModelsApi(Settings(outputs_dir=tmp_path / "outputs", data_dir=tmp_path / "data"), worker=None)
-    table = _table(api, "zh")
+    table = _table(api, "zh")  # offline (HF_HUB_OFFLINE=1 in the tests): sizes unknown, and why
+    assert {row[4] for row in table["data"]} == {"? (离线)"}
     assert table["headers"] == ["模型", "仓库", "状态", "占用空间", "下载大小", "显存需求 (GB)", "来源"]
     assert _table(api, "en")["headers"][4] == "Download size"
     assert {row[2] for row in table["data"]} <= {STRINGS["zh"][k] for k in STRINGS["zh"] if k.startswith("models_state_")}

@@ -72,7 +72,8 @@ class ModelsApi:
         self.manager = self.manager or downloads.DownloadManager(models_root(self.settings))
 
     def list_models(self) -> list[dict]:
-        """One row per catalogue model: state, bytes on disk, download size (once known), VRAM need, source."""
+        """One row per catalogue model: state, bytes on disk, download size (from the source's file list before
+        a download; ``download_size_why`` says why it is not known), VRAM need, source."""
         rows, seen = [], {}
         for spec in CATALOGUE.values():
             if spec.repo_id not in seen:
@@ -80,7 +81,9 @@ class ModelsApi:
                 if state["state"] == "missing" and _in_hf_cache(spec.repo_id):
                     state = {**state, "state": "hf cache", "source": "huggingface (cache)"}
                 progress = self.manager.status(spec.repo_id)
-                seen[spec.repo_id] = {**state, "download_size": progress.total or None,
+                size, why = self.manager.sizes.size(spec.repo_id, spec.revision, self.source)
+                seen[spec.repo_id] = {**state, "download_size": size or progress.total or None,
+                                      "download_size_why": "" if size or progress.total else why,
                                       "downloading": progress.state in ("starting", "downloading", "verifying")}
             rows.append({"id": spec.id, "repo_id": spec.repo_id, "task": spec.task, "vram_gb": spec.vram_gb,
                          **seen[spec.repo_id]})
@@ -109,6 +112,17 @@ class ModelsApi:
         return downloads.delete_model(spec.repo_id, models_root(self.settings), lambda repo: in_use(self.worker, repo))
 
 
+def _download_size(lang: str, row: dict) -> str:
+    """The size, else "?" and why in a word (the API's ``download_size_why`` has the whole reason)."""
+    if row["download_size"]:
+        return downloads.gib(row["download_size"])
+    why = row.get("download_size_why", "")
+    for key in ("checking", "offline", "unreachable", "not available"):
+        if why.startswith(key):
+            return f"? ({t(lang, 'models_size_' + key.replace(' ', '_'))})"
+    return "?"
+
+
 def _source(lang: str, row: dict) -> str:
     if row["state"] == "hf cache":
         return t(lang, "models_source_hf_cache")
@@ -119,8 +133,7 @@ def _table(api: ModelsApi, lang: str) -> dict:
     """The table's headers and rows in ``lang``."""
     rows = [[row["id"], row["repo_id"], t(lang, STATE_KEYS[row["state"]]),
              downloads.gib(row["size"]) if row["size"] else "-",
-             downloads.gib(row["download_size"]) if row["download_size"] else "?",
-             row["vram_gb"], _source(lang, row)] for row in api.list_models()]
+             _download_size(lang, row), row["vram_gb"], _source(lang, row)] for row in api.list_models()]
     return {"headers": [t(lang, key) for key in COLUMN_KEYS], "data": rows}
 
 

@@ -6,7 +6,8 @@ STRINGS: dict[str, dict[str, str]] = {
         "models_intro": "Every catalogue model and what is on disk in `{folder}`. **Download** fetches a model in the "
         "background while the GPU keeps working (it resumes after an interruption or a restart, and every file is "
         "checked against the source's sha256). **Delete** needs the box ticked and never removes a model in use. "
-        "Models in the Hugging Face cache are found too.",
+        "Models in the Hugging Face cache are found too. The download size comes from the source's file list "
+        "before you download (\"?\" and why, when the source cannot be asked).",
         "models_col_id": "Model",
         "models_col_repo": "Repository",
         "models_col_state": "State",
@@ -32,6 +33,10 @@ STRINGS: dict[str, dict[str, str]] = {
         "models_state_missing": "missing",
         "models_state_hf_cache": "in the Hugging Face cache",
         "models_source_hf_cache": "Hugging Face cache",
+        "models_size_checking": "checking",
+        "models_size_offline": "offline",
+        "models_size_unreachable": "source unreachable",
+        "models_size_not_available": "not at this source",
         "models_source_auto": "auto (Hugging Face, else ModelScope)",
         "models_source_huggingface": "Hugging Face",
         "models_source_modelscope": "ModelScope",
@@ -46,7 +51,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "models_tab": "模型",
         "models_intro": "目录中的每个模型，以及 `{folder}` 中已有的文件。**下载** 在后台进行，GPU 可同时工作（中断或重启后会续传，"
         "每个文件都按来源提供的 sha256 校验）。**删除** 需要先勾选确认，正在使用的模型不会被删除。"
-        "Hugging Face 缓存中的模型也会被识别。",
+        "Hugging Face 缓存中的模型也会被识别。下载大小在下载前从来源的文件列表获得（无法查询时显示“?”及原因）。",
         "models_col_id": "模型",
         "models_col_repo": "仓库",
         "models_col_state": "状态",
@@ -72,6 +77,10 @@ STRINGS: dict[str, dict[str, str]] = {
         "models_state_missing": "缺失",
         "models_state_hf_cache": "在 Hugging Face 缓存中",
         "models_source_hf_cache": "Hugging Face 缓存",
+        "models_size_checking": "查询中",
+        "models_size_offline": "离线",
+        "models_size_unreachable": "来源无法访问",
+        "models_size_not_available": "该来源没有此模型",
         "models_source_auto": "自动（先 Hugging Face，不通则 ModelScope）",
         "models_source_huggingface": "Hugging Face",
         "models_source_modelscope": "ModelScope（魔搭）",

@@ -9,7 +9,9 @@ folder to ``models/<org>--<name>/`` with ``cinescribe-source.json`` (source, rep
 that fails its check is deleted and nothing is published. ``device/loading.py`` finds the folder
 through ``find_downloaded``. ``DownloadManager`` runs downloads in background threads of the front
 process (never the GPU worker); ``download_model`` and ``delete_model`` are the plain functions an
-access check can wrap.
+access check can wrap. ``SizeLookups`` tells a model's download size before it starts, from the same
+listing (in a background thread, remembered in ``models/.sizes.json``; offline or unreachable: no size and
+the reason).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
+import os
 import shutil
 import threading
 import time
@@ -33,6 +36,8 @@ SIDECAR = "cinescribe-source.json"
 CHUNK = 1 << 20
 RETRIES = 5
 SPACE_MARGIN = 256 << 20  # left free after a download
+SIZES_FILE = ".sizes.json"
+SIZE_RETRY_S = 300.0  # a size lookup that failed is tried again after this
 
 
 # Formats no loader reads (exact paths for *.bin beside safetensors; see skipped_files).
@@ -259,11 +264,105 @@ def delete_model(repo_id: str, root: Path, in_use: Callable[[str], str | None] =
     return freed
 
 
+def offline_reason(source: str) -> str:
+    """Why a look at ``source`` must not be made now ('' when it may): ``HF_HUB_OFFLINE`` is set."""
+    if source in ("huggingface", "auto") and os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in (
+            "1", "true", "yes", "on"):
+        return "offline: HF_HUB_OFFLINE is set"
+    return ""
+
+
+class SizeLookups:
+    """Download sizes from the sources' listings (the files a download would fetch), looked up one at a time
+    in a background thread and remembered: sizes for good in ``<root>/.sizes.json``, failures for
+    ``SIZE_RETRY_S``. ``size`` never waits on the network: it answers ``(bytes, "")`` or ``(None, why)``,
+    ``why`` being ``"checking"`` while a lookup runs."""
+
+    def __init__(self, root: Path):
+        self.file = Path(root) / SIZES_FILE
+        self._lock = threading.Lock()
+        self._known: dict[str, int] = self._read()
+        self._failed: dict[str, tuple[float, str]] = {}
+        self._queue: list[tuple[str, str, str | None, str]] = []
+        self._thread: threading.Thread | None = None
+
+    @staticmethod
+    def _key(repo_id: str, revision: str | None, source: str) -> str:
+        return f"{source}|{repo_id}|{revision or 'main'}"
+
+    def _read(self) -> dict[str, int]:
+        try:
+            data = json.loads(self.file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return {str(k): int(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+    def remember(self, repo_id: str, revision: str | None, source: str, size: int) -> None:
+        with self._lock:
+            self._known[self._key(repo_id, revision, source)] = int(size)
+            known = dict(self._known)
+        try:
+            self.file.parent.mkdir(parents=True, exist_ok=True)
+            temp = self.file.with_suffix(".tmp")
+            temp.write_text(json.dumps(known, indent=1, sort_keys=True), encoding="utf-8")
+            temp.replace(self.file)
+        except OSError:  # a read-only folder: remembered in memory only
+            pass
+
+    def size(self, repo_id: str, revision: str | None, source: str) -> tuple[int | None, str]:
+        key = self._key(repo_id, revision, source)
+        with self._lock:
+            if key in self._known:
+                return self._known[key], ""
+            failed = self._failed.get(key)
+            if failed and time.monotonic() - failed[0] < SIZE_RETRY_S:
+                return None, failed[1]
+            offline = offline_reason(source)
+            if offline:
+                return None, offline
+            if all(item[0] != key for item in self._queue):
+                self._queue.append((key, repo_id, revision, source))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="download-sizes", daemon=True)
+                self._thread.start()
+            return None, "checking"
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                if not self._queue:
+                    self._thread = None
+                    return
+                key, repo_id, revision, source = self._queue[0]
+            try:
+                total = wanted(model_sources.listing(repo_id, revision, source)).total
+            except Exception as error:  # SourceUnreachable, SourceError, or a listing that makes no sense
+                unreachable = isinstance(error, SourceUnreachable)
+                why = f"{'unreachable' if unreachable else 'not available'}: {error}"
+                with self._lock:
+                    # one source down: the others queued for it would wait as long, so they fail with it
+                    gone = [item for item in self._queue if item[0] == key or (unreachable and item[3] == source)]
+                    for item in gone:
+                        self._failed[item[0]] = (time.monotonic(), why)
+                        self._queue.remove(item)
+                continue
+            self.remember(repo_id, revision, source, total)
+            with self._lock:
+                self._queue = [item for item in self._queue if item[0] != key]
+
+    def wait(self, timeout: float | None = None) -> None:
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+
+
 class DownloadManager:
-    """Downloads in background threads of the front process; ``status()`` for the page and the API."""
+    """Downloads in background threads of the front process; ``status()`` for the page and the API;
+    ``sizes`` for download sizes before a download starts."""
 
     def __init__(self, root: Path):
         self.root = Path(root)
+        self.sizes = SizeLookups(self.root)
         self._lock = threading.Lock()
         self._progress: dict[str, Progress] = {}
         self._stops: dict[str, threading.Event] = {}
@@ -280,7 +379,10 @@ class DownloadManager:
         def run() -> None:
             def update(p: Progress) -> None:
                 with self._lock:
+                    known = repo_id in self._progress and self._progress[repo_id].total
                     self._progress[repo_id] = Progress(**p.as_dict())
+                if p.total and not known:  # the listing's size: the table keeps it after the download
+                    self.sizes.remember(repo_id, revision, source, p.total)
 
             try:
                 download_model(repo_id, self.root, revision=revision, source=source, on_progress=update, stop=stop)
