@@ -21,6 +21,7 @@ from tests.test_browser import _MISSING, CHROMIUM, CHROMIUM_ARGS, VIEWPORT
 SHOTS = ROOT / "docs" / "screenshots"
 PHONE = {"width": 390, "height": 844}
 RANK, WIDTH = 4, 24  # the demo Wan transformer: 2 heads of 12
+WAIT = 30_000  # ms for the page to answer (2 CPU cores shared with other test runs)
 
 
 # --- text <-> picks ----------------------------------------------------------------------------------------
@@ -85,6 +86,28 @@ def test_reuse_settings_brings_the_loras_back(tmp_path):
     assert reuse_values(entry({"prompt": "p"}), fields, True)["loras"] == ""  # an older clip: the picker empties
 
 
+def test_a_thumbnail_is_served_to_every_logged_in_user(tmp_path):
+    """The card's picture goes to the page as Gradio's own copy in its upload folder, which the file guard
+    (``ui/auth_access.py``) lets every logged-in user read; the LoRA folder itself is never served."""
+    from gradio.processing_utils import save_pil_to_cache
+    from PIL import Image
+
+    from pipelines.studio.users import User, UserBook
+    from ui.auth_access import Access
+    from ui.lora_picker import _thumbnail
+
+    picture = tmp_path / "loras" / "ink.png"
+    picture.parent.mkdir()
+    Image.new("RGB", (640, 320), (40, 90, 160)).save(picture)
+    small = _thumbnail(picture)
+    assert max(small.size) <= 192 and _thumbnail(tmp_path / "loras" / "gone.png") is None
+    uploads = tmp_path / "uploads"
+    served = Path(save_pil_to_cache(small, cache_dir=str(uploads)))  # what gr.Image does with the value
+    book = UserBook([User("ana", "pw", "admin"), User("bo", "pw", "creator")])
+    access = Access(book, outputs_dir=tmp_path / "outputs", upload_dir=uploads)
+    assert access.may_read("bo", served.resolve()) and access.may_read("ana", served.resolve())
+
+
 # --- the page ----------------------------------------------------------------------------------------------
 
 def demo_lora(path: Path, metadata: dict | None = None, width: int = WIDTH) -> Path:
@@ -131,7 +154,7 @@ def shoot(page, name: str) -> None:
 
 def open_loras(page):
     page.locator("#t2v-loras > button").first.click()
-    expect(page.locator("#t2v-lora-note")).to_contain_text("2", timeout=10_000)
+    expect(page.locator("#t2v-lora-note")).to_contain_text("2", timeout=WAIT)
 
 
 def pick(page, label: str) -> None:
@@ -186,33 +209,33 @@ def test_a_lora_picked_in_the_page_reaches_the_job(lora_app):
 
             pick(page, "styles/ink_wash — Ink wash")
             text = page.locator("#t2v-lora-text textarea")
-            expect(text).to_have_value("styles/ink_wash:1", timeout=10_000)
+            expect(text).to_have_value("styles/ink_wash:1", timeout=WAIT)
             card = page.locator("#t2v-lora-0").first
-            expect(card).to_contain_text("Training tags: ink wash, monochrome, brush strokes", timeout=10_000)
+            expect(card).to_contain_text("Training tags: ink wash, monochrome, brush strokes", timeout=WAIT)
             expect(card.locator("img")).to_be_visible()  # the picture beside the file
             strength = page.locator("#t2v-lora-0-strength input[type='number']")
             strength.fill("0.5")
             strength.press("Enter")
             strength.blur()
-            expect(text).to_have_value("styles/ink_wash:0.5", timeout=10_000)
+            expect(text).to_have_value("styles/ink_wash:0.5", timeout=WAIT)
 
             prompt = page.locator("#t2v-prompt textarea")
             prompt.fill("a heron in the reeds")
             card.get_by_role("button", name="sumi-e").click()
-            expect(prompt).to_have_value("a heron in the reeds, sumi-e", timeout=10_000)
+            expect(prompt).to_have_value("a heron in the reeds, sumi-e", timeout=WAIT)
 
             pick(page, "wan_lightx2v_4step")
-            expect(text).to_have_value("styles/ink_wash:0.5, wan_lightx2v_4step:1", timeout=10_000)
+            expect(text).to_have_value("styles/ink_wash:0.5, wan_lightx2v_4step:1", timeout=WAIT)
             speed = page.locator("#t2v-lora-1").first
-            expect(speed).to_contain_text("4 steps", timeout=10_000)
+            expect(speed).to_contain_text("4 steps", timeout=WAIT)
             shoot(page, "en-desktop")
             page.locator("#t2v-lora-1-speed").click()
-            expect(speed).to_contain_text("Steps set to 4 and guidance to 1", timeout=10_000)
+            expect(speed).to_contain_text("Steps set to 4 and guidance to 1", timeout=WAIT)
             page.get_by_role("button", name="Advanced settings").click()
             steps = page.get_by_role("spinbutton", name="number input for Steps")
-            expect(steps).to_have_value("4", timeout=10_000)
+            expect(steps).to_have_value("4", timeout=WAIT)
             page.locator("#t2v-lora-1-remove").click()
-            expect(text).to_have_value("styles/ink_wash:0.5", timeout=10_000)
+            expect(text).to_have_value("styles/ink_wash:0.5", timeout=WAIT)
             expect(page.locator("#t2v-lora-1").first).to_be_hidden()
 
             page.locator("#t2v-generate").click()
@@ -227,9 +250,23 @@ def test_a_lora_picked_in_the_page_reaches_the_job(lora_app):
 
             page.locator("#t2v-lora-text textarea").fill("for_a_bigger_model:1")  # typed: refused at submit, named
             page.locator("#t2v-lora-text textarea").blur()
-            expect(page.locator("#t2v-lora-0").first).to_contain_text("Does not fit", timeout=10_000)
+            expect(page.locator("#t2v-lora-0").first).to_contain_text("Does not fit", timeout=WAIT)
             page.locator("#t2v-generate").click()
-            expect(page.locator("#t2v-status")).to_contain_text("for_a_bigger_model.safetensors", timeout=10_000)
+            expect(page.locator("#t2v-status")).to_contain_text("for_a_bigger_model.safetensors", timeout=WAIT)
+
+            page.locator("#t2v-model input").first.click()  # a model that takes no LoRAs: the list follows it
+            page.get_by_role("option", name="LTX-2 19B (video + audio)").click()
+            expect(page.locator("#t2v-lora-note")).to_contain_text("cannot take LoRAs here", timeout=WAIT)
+            expect(page.locator("#t2v-lora-unusable")).to_be_hidden()
+
+            page.get_by_role("tab", name="History").click()  # Reuse settings brings the LoRA back into the picker
+            page.locator("#history-table span").get_by_text("a heron in the reeds, sumi-e").click()
+            expect(page.locator("#history-settings")).to_contain_text("ink_wash", timeout=WAIT)
+            page.locator("#history-reuse").click()
+            expect(text).to_have_value("styles/ink_wash:0.5", timeout=WAIT)
+            expect(page.locator("#t2v-lora-0").first).to_contain_text("Ink wash", timeout=WAIT)
+            expect(page.locator("#t2v-lora-note")).to_contain_text("2 LoRA(s)", timeout=WAIT)  # Wan again
+            expect(page.locator("#t2v-lora-0-strength input[type='number']")).to_have_value("0.5")
         finally:
             browser.close()
 
@@ -246,10 +283,17 @@ def test_chinese_and_phone_pages_show_the_picker(lora_app):
             page.locator("#t2v-loras > button").first.click()
             page.locator("#t2v-lora-text textarea").fill("styles/ink_wash:0.8, wan_lightx2v_4step:1")
             page.locator("#t2v-lora-text textarea").blur()
-            expect(page.locator("#t2v-lora-note")).to_contain_text("个 LoRA 适用于", timeout=10_000)
-            expect(page.locator("#t2v-lora-1").first).to_contain_text("加速 LoRA", timeout=10_000)
+            expect(page.locator("#t2v-lora-note")).to_contain_text("个 LoRA 适用于", timeout=WAIT)
+            expect(page.locator("#t2v-lora-1").first).to_contain_text("加速 LoRA", timeout=WAIT)
             expect(page.locator("#t2v-lora-0").first).to_contain_text("训练标签")
             shoot(page, "zh-desktop")
+            page.get_by_role("tab", name="图片生成视频").click()  # I2V's default model, I2VGen-XL, takes none
+            page.locator("#i2v-loras > button").first.click()
+            expect(page.locator("#i2v-lora-note")).to_contain_text("I2VGen-XL 在这里不能使用 LoRA", timeout=WAIT)
+            page.locator("#i2v-model input").first.click()
+            page.get_by_role("option", name="Wan 2.1 I2V 14B 480p", exact=True).click()
+            expect(page.locator("#i2v-lora-note")).to_contain_text("2 个 LoRA 适用于 Wan 2.1 I2V 14B 480p",
+                                                                   timeout=WAIT)
 
             phone = browser.new_context(locale="en-US", viewport=PHONE, device_scale_factor=1, is_mobile=True,
                                         has_touch=True).new_page()
@@ -259,7 +303,7 @@ def test_chinese_and_phone_pages_show_the_picker(lora_app):
             phone.locator("#t2v-lora-text textarea").fill("styles/ink_wash:0.8, wan_lightx2v_4step:1")
             phone.locator("#t2v-lora-text textarea").blur()
             card = phone.locator("#t2v-lora-1").first
-            expect(card).to_contain_text("4 steps", timeout=10_000)
+            expect(card).to_contain_text("4 steps", timeout=WAIT)
             box = card.bounding_box()
             assert box and box["width"] <= PHONE["width"], f"a LoRA card wider than the phone: {box}"
             assert phone.evaluate("document.documentElement.scrollWidth") <= PHONE["width"] + 1, "sideways scroll"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from pipelines.families.catalogue import get_spec
+from pipelines.families.catalogue import family_of, get_spec
 from pipelines.loras.library import loras_dir, loras_for_model, parse_loras
 from pipelines.studio.jobs import RequestError
 
@@ -126,10 +126,14 @@ def _label(info) -> str:
 
 
 def unusable_reason(lang: str, info) -> str:
-    fits = tuple(getattr(info, "fits", ()) or ())
-    if fits:
-        return t(lang, "lora_made_for", models=", ".join(_title(m) for m in fits))
-    return str(getattr(info, "reason", "") or "") or t(lang, "lora_fits_nothing")
+    """Why a LoRA does not fit this model (the library's words), and which models it does fit (three named)."""
+    reason = str(getattr(info, "reason", "") or "")
+    fits = [_title(m) for m in tuple(getattr(info, "fits", ()) or ())]
+    if not fits:
+        return reason or t(lang, "lora_fits_nothing")
+    named = ", ".join(fits[:3]) + (f" (+{len(fits) - 3})" if len(fits) > 3 else "")
+    made_for = t(lang, "lora_made_for", models=named)
+    return f"{reason} ({made_for})" if reason else made_for
 
 
 def _thumbnail(path):
@@ -155,15 +159,18 @@ class Library:
     fitting: list
     unusable: list
     error: str = ""
+    support: str = ""  # why the model takes no LoRAs at all ("" when it does)
 
     @classmethod
     def read(cls, settings, model_id: str) -> Library:
         folder = Path(loras_dir(settings))
         try:
+            support = str(getattr(family_of(model_id), "LORA_SUPPORT", "") or "")
             fitting, unusable = loras_for_model(settings, model_id)
         except (OSError, ValueError) as error:  # RequestError is a ValueError
             return cls(folder, [], [], str(error))
-        return cls(folder, sorted(fitting, key=lambda i: i.name.lower()), sorted(unusable, key=lambda i: i.name.lower()))
+        return cls(folder, sorted(fitting, key=lambda i: i.name.lower()), sorted(unusable, key=lambda i: i.name.lower()),
+                   support=support)
 
     def find(self, name: str):
         """The file ``name`` names: its path in the folder, or a file name only one subfolder has."""
@@ -179,11 +186,18 @@ class Library:
         folder = str(self.folder.resolve())
         if self.error:
             return t(lang, "lora_scan_failed", folder=folder, error=self.error)
+        if self.support:
+            return t(lang, "lora_model_takes_none", model=_title(model_id), why=self.support)
         if not self.fitting and not self.unusable:
             return t(lang, "lora_empty", folder=folder)
         if not self.fitting:
             return t(lang, "lora_none_fit", count=len(self.unusable), folder=folder, model=_title(model_id))
         return t(lang, "lora_count", count=len(self.fitting), folder=folder, model=_title(model_id))
+
+    @property
+    def listed_apart(self) -> bool:
+        """Whether "Not usable with this model" has something to say (not for a model that takes no LoRAs)."""
+        return bool(self.unusable) and not self.support
 
     def unusable_list(self, lang: str) -> str:
         return "\n".join(f"- **{i.name}**: {unusable_reason(lang, i)}" for i in self.unusable)
@@ -261,7 +275,7 @@ class LoraPicker:
                 gr.Textbox("", label="LoRAs", max_lines=3, elem_id=f"{task}-lora-text"),
                 label="lora_text", info="lora_text_info",
             )
-            with translator.bind(gr.Accordion("Not usable", open=False, visible=bool(library.unusable),
+            with translator.bind(gr.Accordion("Not usable", open=False, visible=library.listed_apart,
                                               elem_id=f"{task}-lora-unusable"), label="lora_unusable") as self.apart:
                 self.unusable = gr.Markdown(library.unusable_list("en"))
 
@@ -314,7 +328,7 @@ class LoraPicker:
             pick = gr.update(value=names[:MAX_PICKS])
         extra = max(0, len(names) - MAX_SLOTS)
         values = [note, pick, gr.update(value=t(lang, "lora_more", count=extra), visible=bool(extra)),
-                  gr.update(visible=bool(library.unusable)), library.unusable_list(lang)]
+                  gr.update(visible=library.listed_apart), library.unusable_list(lang)]
         for index, card in enumerate(self.cards):
             if picks is None:
                 values += [gr.skip()] * len(card.outputs())
