@@ -57,6 +57,43 @@ def app(tmp_path_factory, hub):
     process.wait(30)
 
 
+def test_a_job_whose_model_is_missing_offers_its_download_in_the_tab(app, hub, spoken):  # noqa: F811
+    """Runs first, while nothing is downloaded: the job fails naming the model, the tab offers "Download
+    Whisper small" (the Models tab's own download), and once it is done the same job runs."""
+    url, base = app
+    installed = base / "data" / "models" / "openai--whisper-small" / "cinescribe-source.json"
+    assert not installed.exists()
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page()
+        page.goto(url)
+        page.get_by_role("tab", name="Speech to text").click()
+        page.locator("#asr-files input[type=file]").set_input_files(str(spoken))
+        model = page.locator("#asr-model input")
+        model.click()
+        model.fill("Whisper small")
+        page.get_by_role("option", name="Whisper small", exact=True).click()
+        offer = page.locator("#asr-missing-model-download")
+        expect(offer).to_be_hidden()
+        page.locator("#asr-run").click()
+        expect(page.locator("#asr-status")).to_contain_text("openai/whisper-small", timeout=60_000)
+        expect(offer).to_have_text("Download Whisper small", timeout=15_000)
+        offer.click()
+        expect(page.locator("#asr-missing-model-note")).to_contain_text("Downloading Whisper small")
+        expect(offer).to_be_disabled()
+        deadline = time.time() + 60
+        while not installed.exists():
+            assert time.time() < deadline, "the offered download never finished"
+            time.sleep(0.5)
+        page.locator("#asr-run").click()
+        expect(page.locator("#asr-status")).to_contain_text("Done: 1 of 1", timeout=120_000)
+        expect(page.locator("#asr-missing-model")).to_be_hidden()
+        browser.close()
+    client = Client(url, verbose=False)  # as it was, for the next test: released and deleted
+    client.predict(api_name="/release_vram")
+    assert client.predict("whisper-small", True, api_name="/models_delete") > 0
+
+
 def test_download_from_the_models_page_then_transcribe_with_it(app, hub, spoken):  # noqa: F811
     url, base = app
     with sync_playwright() as playwright:

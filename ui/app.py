@@ -13,6 +13,7 @@ from .history_tab import build_history_tab
 from .identity import visible_status
 from .i2v_tab import build_i2v_tab
 from .live_panel import build_live_panel, status_strip
+from .missing_model import MissingModelOffers
 from .models_tab import ModelsApi, build_models_tab
 from .system_tab import build_system_tab
 from .t2v_tab import build_t2v_tab
@@ -126,12 +127,14 @@ def build_demo(worker: Executor, settings, controller, log_buffer=None, access=N
         forms: dict = {}  # task -> {request field: component}, for the History tab's "Reuse settings"
         admin_only: list = []  # controls only admins may use: hidden from the others on load
         with gr.Tabs(overflow_behavior="wrap") as tabs:  # every tab reachable on a phone, none behind a menu
+            models_api = ModelsApi(settings, worker)  # the Models tab and the tabs' "Download <model>" share it
+            missing = MissingModelOffers(models_api, worker, access)
             with translator.bind(gr.Tab("Text to video", id="t2v"), label="tab_t2v"):
-                language_hooks = build_t2v_tab(worker, settings, translator, lang_state, forms)
+                language_hooks = build_t2v_tab(worker, settings, translator, lang_state, forms, missing=missing)
             with translator.bind(gr.Tab("Image to video", id="i2v"), label="i2v_tab"):
-                language_hooks += build_i2v_tab(worker, settings, translator, lang_state, forms)
+                language_hooks += build_i2v_tab(worker, settings, translator, lang_state, forms, missing=missing)
             with translator.bind(gr.Tab("Speech to text", id="asr"), label="asr_tab"):
-                language_hooks += build_asr_tab(worker, settings, translator, lang_state, forms)
+                language_hooks += build_asr_tab(worker, settings, translator, lang_state, forms, missing=missing)
             with translator.bind(gr.Tab("Batch", id="batch"), label="batch_tab"):
                 language_hooks += build_batch_tab(worker, settings, translator, lang_state)
             with translator.bind(gr.Tab("History", id="history"), label="history_tab") as history_tab:
@@ -141,7 +144,7 @@ def build_demo(worker: Executor, settings, controller, log_buffer=None, access=N
                 describe, info = build_system_tab(worker, settings, controller, translator, lang_state,
                                                   access=access, admin_only=admin_only)
             with translator.bind(gr.Tab("Models", id="models"), label="models_tab"):
-                language_hooks += build_models_tab(ModelsApi(settings, worker), translator, lang_state, access=access,
+                language_hooks += build_models_tab(models_api, translator, lang_state, access=access,
                                                    admin_only=admin_only)
         build_live_panel(worker, log_buffer, translator, lang_state, strip, access=access)
 

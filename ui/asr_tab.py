@@ -104,8 +104,10 @@ def _transcript(files: list[dict]) -> str:
     return "\n\n".join(f"=== {entry['name']} ===\n{entry['transcript']}" for entry in done)
 
 
-def build_asr_tab(worker, settings, translator: Translator, lang_state: gr.State, forms: dict | None = None) -> list:
-    """Build the tab; returns ``(fn, inputs, outputs)`` hooks to run after a language change."""
+def build_asr_tab(worker, settings, translator: Translator, lang_state: gr.State, forms: dict | None = None,
+                  missing=None) -> list:
+    """Build the tab; returns ``(fn, inputs, outputs)`` hooks to run after a language change. ``missing``
+    (``ui.missing_model.MissingModelOffers``) offers the download when the job's model is not on disk."""
     demo = settings.demo
     specs = models_for("asr")
     own, problems = list_custom(settings.asr_models_dir)  # folders that are not a Whisper: logged, not listed
@@ -181,6 +183,7 @@ def build_asr_tab(worker, settings, translator: Translator, lang_state: gr.State
                                        value="asr_stop")
         with gr.Column(scale=4):
             status = gr.Markdown("", elem_id="asr-status")
+            offer = missing.place("asr") if missing else None
             detected = translator.bind(
                 gr.Textbox(label=t("en", "asr_detected"), interactive=False, lines=1, elem_id="asr-detected"),
                 label="asr_detected",
@@ -271,8 +274,10 @@ def build_asr_tab(worker, settings, translator: Translator, lang_state: gr.State
     api_trigger = gr.Button(visible=False)
     api_trigger.click(run, inputs, outputs, api_name="asr", concurrency_limit=32, concurrency_id="asr-wait",
                       show_progress="minimal")  # handlers only wait on the GPU worker's queue (one job at a time)
-    run_button.click(page_twin(run, len(outputs)), inputs, [*outputs, stop], api_visibility="private",
-                     concurrency_limit=32, concurrency_id="asr-wait", show_progress="hidden")
+    ran = run_button.click(page_twin(run, len(outputs)), inputs, [*outputs, stop], api_visibility="private",
+                           concurrency_limit=32, concurrency_id="asr-wait", show_progress="hidden")
+    if offer is not None:
+        missing.follow(offer, ran, job_id, lang_state)
 
     cancel = cancel_handler(worker)
 

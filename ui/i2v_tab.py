@@ -97,8 +97,10 @@ def recent_clips(outputs_dir: Path, limit: int = RECENT_CLIPS) -> list[tuple[str
     return [(f"{p.parent.name} / {p.name}", str(p)) for _, p in dated[:limit]]
 
 
-def build_i2v_tab(worker, settings, translator: Translator, lang_state: gr.State, forms: dict | None = None) -> list:
-    """Build the tab; returns ``(fn, inputs, outputs)`` hooks to run after a language change."""
+def build_i2v_tab(worker, settings, translator: Translator, lang_state: gr.State, forms: dict | None = None,
+                  missing=None) -> list:
+    """Build the tab; returns ``(fn, inputs, outputs)`` hooks to run after a language change. ``missing``
+    (``ui.missing_model.MissingModelOffers``) offers the download when the job's model is not on disk."""
     demo = settings.demo
     specs = models_for("i2v")
     default_spec = get_spec(DEFAULT_MODEL["i2v"])
@@ -140,6 +142,7 @@ def build_i2v_tab(worker, settings, translator: Translator, lang_state: gr.State
                 stop = translator.bind(gr.Button("Stop", variant="stop", elem_id="i2v-stop", interactive=False),
                                        value="stop")
             status = gr.Markdown("", elem_id="i2v-status")  # progress, the result, or what is wrong, by Generate
+            offer = missing.place("i2v") if missing else None
             with gr.Row():
                 resolution = translator.bind(
                     gr.Radio(all_resolutions, value=start.resolution, label="Resolution",
@@ -351,6 +354,8 @@ def build_i2v_tab(worker, settings, translator: Translator, lang_state: gr.State
     generated = generate.click(page_twin(run, len(outputs)), inputs, [*outputs, stop], api_visibility="private",
                                concurrency_limit=32, concurrency_id="i2v-wait", show_progress="hidden")
     generated.then(refresh_recent, [recent], [recent], **private)
+    if offer is not None:
+        missing.follow(offer, generated, job_id, lang_state)
     recorded.change(settings_table, [recorded, lang_state], table, **private)
     lora_hooks = picker.wire(model, prompt, steps, guidance, lang_state)
 

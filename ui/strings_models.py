@@ -28,6 +28,11 @@ STRINGS: dict[str, dict[str, str]] = {
         "models_progress": "{model}: {state} {done} of {total} ({share}%), {speed}, ETA {eta}",
         "models_idle": "No download running.",
         "models_missing_job": "This job needs {model}, which is not on disk. Download it here:",
+        "models_missing_ask_admin": "This job needs {model}, which is not on disk. Ask an admin of this studio to "
+        "download it in the Models tab.",
+        "models_missing_download": "Download {model}",
+        "models_missing_started": "Downloading {model} in the background (progress in the Models tab). Run the job "
+        "again once it is done.",
         "models_state_on_disk": "on disk",
         "models_state_partly": "partly downloaded",
         "models_state_missing": "missing",
@@ -72,6 +77,9 @@ STRINGS: dict[str, dict[str, str]] = {
         "models_progress": "{model}：{state} {done} / {total}（{share}%），{speed}，剩余 {eta}",
         "models_idle": "没有正在进行的下载。",
         "models_missing_job": "此任务需要 {model}，但磁盘上没有。可在此下载：",
+        "models_missing_ask_admin": "此任务需要 {model}，但磁盘上没有。请联系本工作室的管理员在「模型」页下载。",
+        "models_missing_download": "下载 {model}",
+        "models_missing_started": "正在后台下载 {model}（进度见「模型」页）。下载完成后请重新运行任务。",
         "models_state_on_disk": "已在磁盘",
         "models_state_partly": "部分下载",
         "models_state_missing": "缺失",

@@ -55,8 +55,10 @@ def size_note(lang: str, model_id: str, resolution: str, aspect: str, frames, fp
     return text
 
 
-def build_t2v_tab(worker, settings, translator: Translator, lang_state: gr.State, forms: dict | None = None) -> list:
-    """Build the tab; returns ``(fn, inputs, outputs)`` hooks to run after a language change."""
+def build_t2v_tab(worker, settings, translator: Translator, lang_state: gr.State, forms: dict | None = None,
+                  missing=None) -> list:
+    """Build the tab; returns ``(fn, inputs, outputs)`` hooks to run after a language change. ``missing``
+    (``ui.missing_model.MissingModelOffers``) offers the download when the job's model is not on disk."""
     demo = settings.demo
     specs = models_for("t2v")
     default_spec = get_spec(DEFAULT_MODEL["t2v"])
@@ -84,6 +86,7 @@ def build_t2v_tab(worker, settings, translator: Translator, lang_state: gr.State
                 generate = translator.bind(gr.Button("Generate", variant="primary", elem_id="t2v-generate"), value="generate")
                 stop = translator.bind(gr.Button("Stop", variant="stop", elem_id="t2v-stop", interactive=False), value="stop")
             status = gr.Markdown("", elem_id="t2v-status")  # progress, the result, or what is wrong, by Generate
+            offer = missing.place("t2v") if missing else None
             with gr.Row():
                 resolution = translator.bind(
                     gr.Radio(all_resolutions, value=start["resolution"], label="Resolution"),
@@ -211,8 +214,10 @@ def build_t2v_tab(worker, settings, translator: Translator, lang_state: gr.State
     api_trigger = gr.Button(visible=False)
     api_trigger.click(run, inputs, outputs, api_name="t2v", concurrency_limit=32, concurrency_id="t2v-wait",
                       show_progress="minimal")  # handlers only wait on the GPU worker's queue (one job at a time)
-    generate.click(page_twin(run, len(outputs)), inputs, [*outputs, stop], api_visibility="private",
-                   concurrency_limit=32, concurrency_id="t2v-wait", show_progress="hidden")
+    generated = generate.click(page_twin(run, len(outputs)), inputs, [*outputs, stop], api_visibility="private",
+                               concurrency_limit=32, concurrency_id="t2v-wait", show_progress="hidden")
+    if offer is not None:
+        missing.follow(offer, generated, job_id, lang_state)
 
     cancel = cancel_handler(worker)
 
