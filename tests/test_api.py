@@ -79,6 +79,16 @@ def test_errors_follow_the_callers_language(served_app):
     assert "请填写提示词" in str(raised.value)
 
 
+def test_head_of_the_page_answers_at_once_and_get_still_serves_it(served_app):
+    """Gradio's own launch check is one HEAD / with a 3 s limit: it gets an empty 200 without the page being built."""
+    import httpx
+
+    head = httpx.head(served_app.url, timeout=10)
+    assert head.status_code == 200 and head.headers["content-length"] == "0"  # the page itself is not built
+    page = httpx.get(served_app.url, timeout=30)
+    assert page.status_code == 200 and "Cinescribe" in page.text and len(page.text) > 10_000
+
+
 def test_restart_exits_with_the_launcher_code(tmp_path, data_dir):
     app = start_app(tmp_path, data_dir, env={"CINESCRIBE_LAUNCHER": "1"})
     try:

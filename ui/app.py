@@ -185,6 +185,23 @@ def build_demo(worker: Executor, settings, controller, log_buffer=None, access=N
     return demo
 
 
+class QuickHead:
+    """Answers ``HEAD /`` at once (200, no body). Gradio's launch checks the server with one such request and a
+    3-second limit, and its route builds the whole page config for it: on a busy machine that check failed
+    and the app did not start. A GET of the page is unchanged."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope.get("type") == "http" and scope.get("method") == "HEAD" and scope.get("path") in ("/", ""):
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"text/html; charset=utf-8"), (b"content-length", b"0")]})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        await self.app(scope, receive, send)
+
+
 def launch_options(settings, auth: list[tuple[str, str]] | None = None, max_upload_mb: float | None = None,
                    access=None) -> dict:
     """Keyword arguments for ``demo.launch`` that keep the page offline and the file access narrow.
@@ -196,6 +213,8 @@ def launch_options(settings, auth: list[tuple[str, str]] | None = None, max_uplo
     why instead of an empty error. ``access`` with users (``ui.auth_access.Access``) checks passwords
     against their hashes and adds ``ui.auth_guard.StudioGuard``: login throttling, per-user files and uploads.
     """
+    from starlette.middleware import Middleware
+
     options = {
         "theme": offline_theme(),
         "css": CSS,
@@ -204,14 +223,13 @@ def launch_options(settings, auth: list[tuple[str, str]] | None = None, max_uplo
         "js": FOLLOW_LOG_JS,
         "show_error": True,
         "max_file_size": int(max_upload_mb * 2**20) if max_upload_mb else None,
+        "app_kwargs": {"middleware": [Middleware(QuickHead)]},
     }
     if auth or (access is not None and access.book):
-        from starlette.middleware import Middleware
-
         from .identity import LoginRequired
 
         options["auth"] = auth
-        options["app_kwargs"] = {"middleware": [Middleware(LoginRequired)]}
+        options["app_kwargs"]["middleware"].append(Middleware(LoginRequired))
     if access is not None and access.book:
         import asyncio
 
