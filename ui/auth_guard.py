@@ -10,7 +10,8 @@
   whatever path is asked for.
 - ``/gradio_api/upload``: the uploaded files are recorded as the uploader's; an API call or queued event
   whose data names another user's upload or output is refused (403) before any handler runs.
-- The Models page's routes (``/models*``) that change something answer 403 to non-admins.
+- (Downloading and deleting models is admins' work: the Models API's handlers refuse others,
+  ``ui.auth_access.refuse_unless_admin``.)
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from urllib.parse import parse_qs
 
 from pipelines.studio.logbuffer import ADMINS_ONLY
 
-from .auth_access import ADMIN_NEEDED, Access
+from .auth_access import Access
 from .identity import logged_in_user
 
 logger = logging.getLogger(__name__)
@@ -32,7 +33,6 @@ LOGIN_PATHS = ("/login", "/login/")
 FILE_PREFIXES = ("/file=", "/gradio_api/file=", "/file/", "/gradio_api/file/")
 UPLOAD_PATHS = ("/upload", "/gradio_api/upload")
 CALL_PREFIXES = ("/gradio_api/call/", "/gradio_api/run/", "/gradio_api/queue/join", "/call/", "/run/", "/queue/join")
-MODEL_PREFIXES = ("/models", "/gradio_api/models")
 MAX_LOGIN_BODY = 64 * 2**10  # a login form is a few hundred bytes
 MAX_CALL_BODY = 64 * 2**20  # an API call's data (files are uploaded apart): checked whole, never skipped
 
@@ -71,13 +71,8 @@ class StudioGuard:
             await self.app(scope, receive, self._recording_uploads(scope, send))
         elif method == "POST" and path.startswith(CALL_PREFIXES):
             await self._call(scope, receive, send)
-        elif method not in ("GET", "HEAD") and path.startswith(MODEL_PREFIXES) and not self._admin(scope):
-            await _answer(send, 403, {"detail": ADMIN_NEEDED})
         else:
             await self.app(scope, receive, send)
-
-    def _admin(self, scope) -> bool:
-        return self.access.is_admin(logged_in_user(scope)) if self.access.book else True
 
     # --- login ----------------------------------------------------------------------------------------
 
