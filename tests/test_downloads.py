@@ -1,6 +1,8 @@
 """Model downloads against local servers on 127.0.0.1 that answer like the Hugging Face API (HF_ENDPOINT)
-and ModelScope's (MODELSCOPE_DOMAIN): progress, resume after a dropped connection, checksum mismatch,
-a full disk, a source that is down, delete. The repo is a tiny real Whisper saved with save_pretrained."""
+and ModelScope's (MODELSCOPE_DOMAIN, what the ``modelscope`` client asks: the file list at a Revision, each
+file with a Range, its region probe): progress, resume after a dropped connection, checksum mismatch,
+a full disk, a source that is down, delete. The repo is a tiny real Whisper saved with save_pretrained.
+ModelScope's own cases (its client fetches those files) are in test_downloads_modelscope.py."""
 
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ class Hub:
     def __init__(self, files: dict[str, bytes]):
         self.files, self.drop_after, self.bad, self.down, self.ranges = files, None, set(), set(), []
         self.listings = 0  # Hugging Face file lists asked for
+        self.ms_asked = []  # ModelScope: (path, query, Range) of each request
         hub = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -48,6 +51,11 @@ class Hub:
                 kind = "ms" if url.path.startswith("/api/v1/") else "hf"
                 if kind in hub.down:
                     return self.send_error(503)
+                query = dict(urllib.parse.parse_qsl(url.query))
+                if kind == "ms":
+                    hub.ms_asked.append((url.path, query, self.headers.get("Range")))
+                if url.path == "/api/v1/repos/internalAccelerationInfo":  # the client's region probe: none here
+                    return self.json({"Code": 200, "Data": {"InternalRegionQueryAddress": ""}})
                 if url.path == f"/api/models/{REPO}/revision/main":
                     hub.listings += 1
                     return self.json({"sha": "c0ffee" * 6 + "abcd", "siblings": [
@@ -57,8 +65,8 @@ class Hub:
                     return self.json({"Code": 200, "Data": {"Files": [
                         {"Path": n, "Type": "blob", "Size": len(d), "Sha256": hub.sha(n)}
                         for n, d in hub.files.items()]}})
-                if url.path == "/api/v1/models/AI-ModelScope/whisper-small/repo":
-                    return self.blob(urllib.parse.parse_qs(url.query)["FilePath"][0])
+                if url.path == "/api/v1/models/AI-ModelScope/whisper-small/repo" and "Revision" in query:
+                    return self.blob(query["FilePath"])
                 prefix = f"/{REPO}/resolve/"
                 if url.path.startswith(prefix):
                     return self.blob(urllib.parse.unquote(url.path[len(prefix):].split("/", 1)[1]))
@@ -77,6 +85,8 @@ class Hub:
                 hub.ranges.append((name, start))
                 self.send_response(206 if start else 200)
                 self.send_header("Content-Length", str(len(data) - start))
+                if start:  # as real servers answer a range; modelscope's client checks where it starts
+                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
                 self.end_headers()
                 if hub.drop_after and name.endswith(".safetensors") and start == 0:
                     self.wfile.write(data[:hub.drop_after])
@@ -94,12 +104,15 @@ class Hub:
 
 
 @pytest.fixture
-def hub(tiny_repo, monkeypatch):
+def hub(tiny_repo, monkeypatch, tmp_path_factory):
     server = Hub(tiny_repo)
     monkeypatch.setenv("HF_ENDPOINT", server.url)
     monkeypatch.setenv("MODELSCOPE_DOMAIN", server.url.split("://")[1])
     monkeypatch.setenv("MODELSCOPE_URL_SCHEME", "http://")
     monkeypatch.delenv("MODELSCOPE_ENDPOINT", raising=False)
+    modelscope_home = tmp_path_factory.mktemp("modelscope")  # the client's session id and cache, not ~
+    monkeypatch.setenv("MODELSCOPE_HOME", str(modelscope_home))
+    monkeypatch.setenv("MODELSCOPE_CACHE", str(modelscope_home / "cache"))
     monkeypatch.setattr(downloads, "RETRIES", 3)
     yield server
     server.server.shutdown()

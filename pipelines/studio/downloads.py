@@ -1,17 +1,18 @@
 """Model downloads into ``<data>/models``: progress, resume, checksums, a disk-space check, delete.
 
 A download lists the repo at its source (``model_sources.py``: Hugging Face, an ``HF_ENDPOINT``
-mirror, or ModelScope), refuses with numbers when the disk lacks the space, fetches each file into
-``models/.partial/<org>--<name>/`` (``*.part`` files resume with an HTTP Range request after a
-dropped connection or a restart), checks every file against the source's sha256 (Hugging Face: the
-LFS sha256, or the git blob id of small files; ModelScope: its Sha256) and only then moves the
-folder to ``models/<org>--<name>/`` with ``cinescribe-source.json`` (source, repo, revision). A file
-that fails its check is deleted and nothing is published. ``device/loading.py`` finds the folder
-through ``find_downloaded``. ``DownloadManager`` runs downloads in background threads of the front
-process (never the GPU worker); ``download_model`` and ``delete_model`` are the plain functions an
-access check can wrap. ``SizeLookups`` tells a model's download size before it starts, from the same
-listing (in a background thread, remembered in ``models/.sizes.json``; offline or unreachable: no size and
-the reason).
+mirror, or ModelScope), refuses with numbers when the disk lacks the space, and fetches the files into
+``models/.partial/<org>--<name>/``. Hugging Face's with our own HTTP code: ``*.part`` files resume with
+a Range request after a dropped connection or a restart, each is checked against the LFS sha256 (or the
+git blob id of small files). ModelScope's through the ``modelscope`` package's ``snapshot_download``
+(``modelscope_fetch.py``: its ``*.incomplete`` files resume the same way, it checks ModelScope's sha256).
+A file that fails its check is deleted and nothing is published; otherwise the folder moves to
+``models/<org>--<name>/`` with ``cinescribe-source.json`` (source, repo, revision), where
+``device/loading.py`` finds it (``find_downloaded``). ``DownloadManager`` runs downloads in background
+threads of the front process (never the GPU worker); ``download_model`` and ``delete_model`` are the
+plain functions an access check can wrap. ``SizeLookups`` tells a model's download size before it
+starts, from the same listing (a background thread, remembered in ``models/.sizes.json``; offline or
+unreachable: no size and the reason).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable
 
-from . import model_sources
+from . import model_sources, modelscope_fetch
 from .model_sources import Listing, RemoteFile, SourceError, SourceUnreachable
 
 SIDECAR = "cinescribe-source.json"
@@ -188,32 +189,48 @@ def download_model(repo_id: str, root: Path, *, revision: str | None = None, sou
     progress = Progress(repo_id)
     report = on_progress or (lambda p: None)
     try:
-        listing = wanted(listing or model_sources.listing(repo_id, revision, source))
+        full = listing or model_sources.listing(repo_id, revision, source)
     except (SourceUnreachable, SourceError) as error:
         raise DownloadError(f"{repo_id}: {error}") from error
+    listing = wanted(full)
     partial = root / ".partial" / folder_name(repo_id)
+    _start_over_if_other_source(partial, listing)
     progress.source, progress.total = f"{listing.source}@{listing.revision}", listing.total
     have = {f.path: (partial / (f.path + ".part")) for f in listing.files}
-    already = sum(min(p.stat().st_size, f.size) for f in listing.files if (p := have[f.path]).exists())
-    already += sum(f.size for f in listing.files if (partial / f.path).is_file())
-    need, free = listing.total - already, free_space(root)
+    complete = sum(f.size for f in listing.files if (partial / f.path).is_file())
+    begun = modelscope_fetch.resumable_bytes(partial, listing)  # modelscope's .incomplete files
+    begun += sum(min(p.stat().st_size, f.size) for f in listing.files if (p := have[f.path]).exists())
+    need, free = listing.total - complete - begun, free_space(root)
     if free < need + SPACE_MARGIN:
         raise DownloadError(f"Not enough disk space for {repo_id}: needs {gib(need)} (+{gib(SPACE_MARGIN)} "
                             f"kept free), {gib(free)} free on {root}.")
     partial.mkdir(parents=True, exist_ok=True)
     (partial / (SIDECAR + ".pending")).write_text(json.dumps({"source": listing.source, "repo": listing.repo_id,
                                                            "revision": listing.revision}), encoding="utf-8")
-    progress.done, started, start_done = already, time.monotonic(), already
+    # modelscope reports the bytes of the files it resumes itself; our own fetch starts from them
+    progress.done = complete if listing.source == "modelscope" else complete + begun
+    started, start_done, lock = time.monotonic(), complete + begun, threading.Lock()
     progress.state = "downloading"
     report(progress)
 
-    def tick(n: int) -> None:
-        progress.done += n
-        elapsed = time.monotonic() - started
-        progress.speed = (progress.done - start_done) / elapsed if elapsed > 0 else 0.0
-        progress.eta = (progress.total - progress.done) / progress.speed if progress.speed > 0 else None
-        report(progress)
+    def tick(n: int, path: str | None = None) -> None:
+        with lock:  # modelscope fetches several files at once
+            progress.done += n
+            progress.file = path or progress.file
+            elapsed = time.monotonic() - started
+            progress.speed = max(progress.done - start_done, 0) / elapsed if elapsed > 0 else 0.0
+            progress.eta = (progress.total - progress.done) / progress.speed if progress.speed > 0 else None
+            report(progress)
 
+    if listing.source == "modelscope":
+        try:
+            modelscope_fetch.fetch(repo_id, full, listing, partial, endpoint=model_sources.modelscope_endpoint(),
+                                   tick=lambda path, n: tick(n, path), stop=stop)
+        except modelscope_fetch.Stopped:
+            raise DownloadError("stopped") from None
+        except modelscope_fetch.FetchFailed as error:
+            raise DownloadError(str(error)) from error
+        return _publish(repo_id, root, partial, listing)
     for remote in listing.files:
         target = partial / remote.path
         if target.is_file():
@@ -232,6 +249,16 @@ def download_model(repo_id: str, root: Path, *, revision: str | None = None, sou
         part.replace(target)
         progress.state = "downloading"
     return _publish(repo_id, root, partial, listing)
+
+
+def _start_over_if_other_source(partial: Path, listing: Listing) -> None:
+    """A partial download from another source or revision is not resumed (its files are another's)."""
+    try:
+        pending = json.loads((partial / (SIDECAR + ".pending")).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    if (pending.get("source"), pending.get("revision")) != (listing.source, listing.revision):
+        shutil.rmtree(partial, ignore_errors=True)
 
 
 def _publish(repo_id: str, root: Path, partial: Path, listing: Listing) -> Path:

@@ -2,7 +2,9 @@
 
 Each source answers one question, ``listing(repo_id, revision)``: the commit it resolves to and
 its files with size, checksum and download URL. ``downloads.py`` does the rest (progress, resume,
-checks), the same way for both. Standard library only: no torch, no gradio, no hub client.
+checks): Hugging Face's files with our own HTTP code, ModelScope's through the ``modelscope``
+package's ``snapshot_download`` (``modelscope_fetch.py``). Standard library only: no torch, no gradio,
+no hub client, so the Models tab's size look-ups and ``auto``'s fallback cost one request.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ class Listing:
     repo_id: str  # the name at that source
     revision: str  # the commit the files are from
     files: list[RemoteFile] = field(default_factory=list)
+    ref: str = ""  # the branch, tag or commit asked for, as the source names it ("main", "master", ...)
 
     @property
     def total(self) -> int:
@@ -66,6 +69,8 @@ def modelscope_endpoint() -> str:
         return explicit
     scheme = os.environ.get("MODELSCOPE_URL_SCHEME", "https://").strip() or "https://"
     domain = os.environ.get("MODELSCOPE_DOMAIN", "").strip() or "www.modelscope.cn"
+    if domain.lower().startswith(("http://", "https://")):  # a domain given with its scheme
+        return domain.rstrip("/")
     return f"{scheme}{domain}".rstrip("/")
 
 
@@ -108,7 +113,7 @@ def hf_listing(repo_id: str, revision: str | None) -> Listing:
         files.append(RemoteFile(path, int(lfs.get("size", sibling.get("size", 0)) or 0),
                                 f"{base}/{repo_id}/resolve/{commit}/{urllib.parse.quote(path)}",
                                 sha256=lfs.get("sha256"), git_sha1=None if lfs else sibling.get("blobId")))
-    return Listing("huggingface", repo_id, commit, files)
+    return Listing("huggingface", repo_id, commit, files, ref=rev)
 
 
 def modelscope_listing(repo_id: str, revision: str | None) -> Listing:
@@ -130,7 +135,7 @@ def modelscope_listing(repo_id: str, revision: str | None) -> Listing:
         url = f"{base}/api/v1/models/{name}/repo?" + urllib.parse.urlencode({"Revision": rev, "FilePath": path})
         files.append(RemoteFile(path, int(entry.get("Size", 0)), url, sha256=entry.get("Sha256") or None))
     commit = data["Data"].get("LatestCommitter", {}).get("Id") or data["Data"].get("Revision") or rev
-    return Listing("modelscope", name, str(commit), files)
+    return Listing("modelscope", name, str(commit), files, ref=rev)
 
 
 def listing(repo_id: str, revision: str | None, source: str = "auto") -> Listing:
