@@ -9,8 +9,8 @@
 
 Files go to <data>/models/<org>--<name>/ (``--data-dir``, default ``data``), where the app finds them;
 an interrupted download resumes when started again; every file is checked against the source's
-sha256 before the model is installed. The same code serves the page's Models tab
-(pipelines/studio/downloads.py).
+sha256 before the model is installed (ModelScope's files come through the ``modelscope`` package's
+``snapshot_download``). The same code serves the page's Models tab (pipelines/studio/downloads.py).
 """
 
 from __future__ import annotations

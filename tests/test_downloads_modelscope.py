@@ -1,7 +1,7 @@
 """ModelScope downloads through the ``modelscope`` package's own ``snapshot_download``, against the local
 server of test_downloads.py answering what that client asks (MODELSCOPE_DOMAIN + MODELSCOPE_URL_SCHEME):
-progress with speed and ETA, resume after a dropped connection and after a Stop, a checksum mismatch
-refused with nothing published, Stop, a full disk refused before anything is fetched."""
+progress with speed and ETA, resume after a dropped connection, after modelscope gave up and after a Stop,
+a checksum mismatch refused with nothing published, a full disk refused before anything is fetched."""
 
 from __future__ import annotations
 
@@ -51,6 +51,18 @@ def test_modelscope_resumes_after_the_server_drops_the_connection(hub, tmp_path)
     assert (weights, 0) in hub.ranges and (weights, 1000) in hub.ranges  # went on from byte 1000
     assert ("bytes=1000-") in [r for path, q, r in hub.ms_asked if q.get("FilePath") == weights]
     assert (folder / weights).read_bytes() == hub.files[weights]
+
+
+def test_a_snapshot_that_gives_up_mid_file_is_started_again_and_resumes(hub, tmp_path, monkeypatch):  # noqa: F811
+    """modelscope gives up on a file (here at once: no retries of its own) after getting some of it: the
+    snapshot is started again and goes on from the bytes it kept."""
+    monkeypatch.setattr("modelscope_hub._download.DOWNLOAD_RETRY_TIMES", 0)
+    hub.drop_after = 1000
+    folder = downloads.download_model(REPO, tmp_path, source="modelscope")
+    weights = weights_of(hub)
+    lists = [path for path, _, _ in hub.ms_asked if path == FILES]
+    assert len(lists) == 3  # ours, modelscope's first snapshot, the one started again
+    assert hub.ranges.count((weights, 1000)) == 1 and (folder / weights).read_bytes() == hub.files[weights]
 
 
 def test_modelscope_checksum_mismatch_is_refused_and_nothing_is_published(hub, tmp_path):  # noqa: F811

@@ -6,6 +6,8 @@ writes each file straight into our partial folder (``local_dir``) as ``<file>.in
 resumes it with an HTTP Range request after a dropped connection or a restart, checks it against
 ModelScope's sha256 and only then renames it; a file that fails the check is deleted. Its progress
 callbacks move our bytes, speed and ETA; Stop raises out of the callback, which ends the snapshot.
+modelscope gives each file an hour (``MODELSCOPE_DOWNLOAD_TOTAL_TIMEOUT``) and a few retries; a snapshot
+that ends early but got bytes is started again, and resumes where it stopped.
 Endpoint: ``model_sources.modelscope_endpoint()`` (``MODELSCOPE_ENDPOINT``, or ``MODELSCOPE_DOMAIN`` with
 ``MODELSCOPE_URL_SCHEME``). modelscope's lock files go to ``<models>/.partial/.modelscope``, not the
 home folder. modelscope is imported only when a download starts (it imports torch when torch is installed).
@@ -57,31 +59,39 @@ def fetch(repo_id: str, full: Listing, kept: Listing, folder: Path, *, endpoint:
     from modelscope.hub.errors import FileIntegrityError
     from modelscope.hub.snapshot_download import snapshot_download
 
+    got = [0]  # bytes this attempt (net: a file started over counts back)
+
     class Report(ProgressCallback):  # one per file, called from modelscope's worker threads
         def update(self, size: int) -> None:  # after modelscope wrote the block
+            got[0] += size
             tick(self.filename, size)
             if stop.is_set():
                 raise Stopped()
 
-    if stop.is_set():
-        raise Stopped()
     folder = Path(folder)
-    try:
-        snapshot_download(full.repo_id, revision=kept.ref or None, local_dir=str(folder),
-                          cache_dir=str(folder.parent / ".modelscope"), endpoint=endpoint,
-                          ignore_patterns=ignore_patterns(full, kept) or None, max_workers=WORKERS,
-                          progress_callbacks=[Report])
-    except Stopped:
-        raise
-    except Exception as error:  # modelscope's own (FileDownloadError, NetworkError, ...) and requests'
-        failed = getattr(error, "failed_files", None) or {}
-        mismatched = sorted(path for path, why in failed.items() if isinstance(why, FileIntegrityError))
-        if mismatched:
-            raise FetchFailed(f"{', '.join(mismatched)} of {repo_id} does not match the checksum modelscope "
-                              "gives; the file was deleted and nothing was installed. Try again.") from error
-        why = "; ".join(f"{path}: {reason}" for path, reason in failed.items()) or str(error)
-        raise FetchFailed(f"{repo_id}: modelscope could not fetch {full.repo_id} ({why}); "
-                          "start it again to resume") from error
+    while True:  # again while an attempt gets bytes: modelscope gives a file one hour, retries included
+        if stop.is_set():
+            raise Stopped()
+        got[0] = 0
+        try:
+            snapshot_download(full.repo_id, revision=kept.ref or None, local_dir=str(folder),
+                              cache_dir=str(folder.parent / ".modelscope"), endpoint=endpoint,
+                              ignore_patterns=ignore_patterns(full, kept) or None, max_workers=WORKERS,
+                              progress_callbacks=[Report])
+            break
+        except Stopped:
+            raise
+        except Exception as error:  # modelscope's own (FileDownloadError, NetworkError, ...) and requests'
+            failed = getattr(error, "failed_files", None) or {}
+            mismatched = sorted(path for path, why in failed.items() if isinstance(why, FileIntegrityError))
+            if mismatched:
+                raise FetchFailed(f"{', '.join(mismatched)} of {repo_id} does not match the checksum modelscope "
+                                  "gives; the file was deleted and nothing was installed. Try again.") from error
+            if got[0] > 0:
+                continue
+            why = "; ".join(f"{path}: {reason}" for path, reason in failed.items()) or str(error)
+            raise FetchFailed(f"{repo_id}: modelscope could not fetch {full.repo_id} ({why}); "
+                              "start it again to resume") from error
     missing = [f.path for f in kept.files if not (folder / f.path).is_file()]
     if missing:  # modelscope's own listing lacked them: the repo changed since ours
         raise FetchFailed(f"{repo_id}: modelscope did not fetch {', '.join(missing[:5])} of {full.repo_id}; "
