@@ -13,7 +13,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "i2v_fit_info": "When the clip's shape differs from the image's: fill and trim the edges, or show it all with bars.",
         "i2v_fit_crop": "Crop",
         "i2v_fit_pad": "Pad",
-        "i2v_frames_info": "Wan makes 4n+1 frames, LTX-2 8n+1 (other counts are rounded); I2VGen-XL was trained on 16.",
+        "i2v_frames_info": "Wan makes 4n+1 frames; the other models' counts are in their notes. A count a model cannot make is rounded.",
         "i2v_size_note": "Clip size: **{width} × {height}** ({how} from the {source_width} × {source_height} image), "
         "{frames} frames = {seconds:.1f} s at {fps} fps",
         "i2v_size_no_image": "Add an image: the clip takes its aspect ratio ({resolution} at 16:9 is "
@@ -58,7 +58,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "i2v_fit_info": "视频与图片形状不同时：填满画面并裁掉边缘，或完整显示并加黑边。",
         "i2v_fit_crop": "裁剪",
         "i2v_fit_pad": "加边",
-        "i2v_frames_info": "Wan 生成 4n+1 帧，LTX-2 生成 8n+1 帧（其他数值会被取整）；I2VGen-XL 以 16 帧训练。",
+        "i2v_frames_info": "Wan 生成 4n+1 帧；其他模型的帧数见其说明。模型无法生成的帧数会被取整。",
         "i2v_size_note": "视频尺寸：**{width} × {height}**（由 {source_width} × {source_height} 的图片{how}），"
         "{frames} 帧 = {seconds:.1f} 秒（{fps} fps）",
         "i2v_size_no_image": "请添加图片：视频采用图片的宽高比（{resolution} 在 16:9 时为 "
