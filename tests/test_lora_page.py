@@ -281,9 +281,10 @@ def test_chinese_and_phone_pages_show_the_picker(lora_app):
             page.goto(lora_app.url)
             expect(page.locator("#t2v-generate")).to_have_text("生成", timeout=20_000)
             page.locator("#t2v-loras > button").first.click()
+            # the page's switch to Chinese redraws the picker from the text it had then: let it finish first
+            expect(page.locator("#t2v-lora-note")).to_contain_text("个 LoRA 适用于", timeout=WAIT)
             page.locator("#t2v-lora-text textarea").fill("styles/ink_wash:0.8, wan_lightx2v_4step:1")
             page.locator("#t2v-lora-text textarea").blur()
-            expect(page.locator("#t2v-lora-note")).to_contain_text("个 LoRA 适用于", timeout=WAIT)
             expect(page.locator("#t2v-lora-1").first).to_contain_text("加速 LoRA", timeout=WAIT)
             expect(page.locator("#t2v-lora-0").first).to_contain_text("训练标签")
             shoot(page, "zh-desktop")
