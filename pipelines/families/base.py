@@ -72,6 +72,7 @@ Creators' LoRAs (``pipelines/loras``: the LoRA folder, checks at submit, adapter
 ``lora_experts(spec, name) -> (kwargs, ...)``
                     one ``load_lora_weights`` keyword set per denoiser the LoRA goes on (Wan 2.2 A14B's second
                     expert: ``load_into_transformer_2=True``); ``()`` for a family without LoRAs
+A family that takes no LoRAs gets all five from ``no_loras(reason)``.
 
 A new question about every family (e.g. LoRA rules): add the name to the list above and to the protocol,
 and give every family an answer; generic code then reads it. ``load`` and the stages may take what
@@ -181,3 +182,19 @@ def meta_component(model_id: str, name: str):
     from ..bench.random_weights import build_component, config_for
 
     return build_component(config_for(model_id)[name], "meta", torch.bfloat16)
+
+
+def no_loras(reason: str) -> tuple:
+    """The five LoRA answers of a family that takes no LoRAs, ``reason`` saying why:
+    ``LORA_SUPPORT, LORA_COMPONENTS, lora_check, lora_rename, lora_experts = base.no_loras("...")``."""
+
+    def lora_check(spec: ModelSpec, shapes: dict, demo: bool) -> tuple[str, str]:
+        return "", reason
+
+    def lora_rename(key: str, layout: str) -> str:
+        return key
+
+    def lora_experts(spec: ModelSpec, name: str) -> tuple[dict, ...]:
+        return ()
+
+    return reason, (), lora_check, lora_rename, lora_experts

@@ -15,6 +15,7 @@ import contextlib
 import functools
 import sys
 
+from . import base
 from .spec import ModelSpec, VideoPreset
 
 NAME = "i2vgen"
@@ -276,17 +277,5 @@ def denoise_flops(model_id: str, frames: int, height: int, width: int, steps: in
 
 # --- creators' LoRAs --------------------------------------------------------------------------------------
 
-LORA_SUPPORT = "diffusers' I2VGenXLPipeline has no LoRA loader."
-LORA_COMPONENTS: tuple[str, ...] = ()
-
-
-def lora_check(spec: ModelSpec, shapes: dict, demo: bool) -> tuple[str, str]:
-    return "", LORA_SUPPORT
-
-
-def lora_rename(key: str, layout: str) -> str:
-    return key
-
-
-def lora_experts(spec: ModelSpec, name: str) -> tuple[dict, ...]:
-    return ()
+LORA_SUPPORT, LORA_COMPONENTS, lora_check, lora_rename, lora_experts = base.no_loras(
+    "diffusers' I2VGenXLPipeline has no LoRA loader.")

@@ -427,17 +427,5 @@ def denoise_flops(model_id: str, frames: int, height: int, width: int, steps: in
 
 # --- creators' LoRAs --------------------------------------------------------------------------------------
 
-LORA_SUPPORT = "its LoRA loader (LTX2LoraLoaderMixin) is not wired to the LoRA folder yet; only the distilled LoRA of its catalogue entries is used."
-LORA_COMPONENTS: tuple[str, ...] = ()
-
-
-def lora_check(spec: ModelSpec, shapes: dict, demo: bool) -> tuple[str, str]:
-    return "", LORA_SUPPORT
-
-
-def lora_rename(key: str, layout: str) -> str:
-    return key
-
-
-def lora_experts(spec: ModelSpec, name: str) -> tuple[dict, ...]:
-    return ()
+LORA_SUPPORT, LORA_COMPONENTS, lora_check, lora_rename, lora_experts = base.no_loras(
+    "its LoRA loader (LTX2LoraLoaderMixin) is not wired to the LoRA folder yet; only the distilled LoRA of its catalogue entries is used.")
