@@ -218,14 +218,15 @@ def test_checks_at_submit_name_the_file_and_why(folder, tmp_path):
     assert error.value.key == "lora_unsupported"
 
 
-def test_validation_writes_the_text_one_way_and_checks_files_with_settings(folder, tmp_path):
+def test_validation_writes_the_text_one_way_and_submit_checks_the_files(folder, tmp_path):
     write_header(folder / "good.safetensors", wan_shapes(24))
     request = T2VRequest(prompt="a cat", resolution="240p", frames=9, steps=2, loras=" good.safetensors:0.50 ")
     assert validate_t2v(request, demo=True).loras == "good:0.5"  # no folder known: the text alone
     assert validate_t2v(request, demo=True, settings=settings_for(folder, tmp_path)).loras == "good:0.5"
+    gone = validate_t2v(T2VRequest(prompt="a cat", resolution="240p", loras="gone"), demo=True,
+                        settings=settings_for(folder, tmp_path))  # the files: at submit (tests/test_loras_submit.py)
     with pytest.raises(RequestError, match="no LoRA gone.safetensors"):
-        validate_t2v(T2VRequest(prompt="a cat", resolution="240p", loras="gone"), demo=True,
-                     settings=settings_for(folder, tmp_path))
+        check.check_request(gone, settings_for(folder, tmp_path))
 
 
 def test_batch_csv_takes_a_loras_column(folder, tmp_path):

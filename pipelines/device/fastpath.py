@@ -115,9 +115,8 @@ def compile_cache_dir(settings) -> Path:
 
 
 def compile_denoisers(pipe, settings) -> str:
-    """Regional compilation of the denoiser(s); returns what was done, in words (for the log and sidecar)."""
-    import torch
-
+    """Regional compilation of the denoiser(s); returns what was done, in words (for the log and sidecar).
+    Compilation itself happens lazily, at the first step."""
     folder = compile_cache_dir(settings)
     folder.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(folder.resolve()))
@@ -140,7 +139,6 @@ def compile_denoisers(pipe, settings) -> str:
                     submodule.compile(fullgraph=False)
                     count += 1
             done.append(f"{type(model).__name__}: {count} blocks ({', '.join(names)})")
-    _ = torch  # compilation itself happens lazily at the first step
     return "; ".join(done)
 
 
@@ -411,8 +409,9 @@ def denoise_context(model, settings, guidance: bool, negative, step_cache_thresh
     first_compiled = bool(model.optimisations.get("compile") and model.optimisations.get("compile_first_run_pending"))
     batching = batched_guidance(pipe, negative) if batch else contextlib.nullcontext({"batched": 0, "unbatched": 0})
     # the step cache decides per step, on the host, whether to run the blocks: a graph break that full-graph
-    # compiled blocks do not allow, so those blocks run eager for this job
-    eager = eager_blocks(pipe) if step_cache_threshold and model.optimisations.get("compile") else contextlib.nullcontext()
+    # compiled blocks do not allow, so those blocks run eager for this job (as for a LoRA set past lora_compile's cap)
+    run_eager = step_cache_threshold or model.optimisations.get("compile_loras_eager")
+    eager = eager_blocks(pipe) if run_eager and model.optimisations.get("compile") else contextlib.nullcontext()
     cache_threshold = step_cache_threshold if getattr(family, "STEP_CACHE", True) else 0.0
     with eager, step_cache(pipe, cache_threshold) as cache_stats, batching as batch_stats:
         yield info

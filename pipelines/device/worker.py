@@ -162,10 +162,9 @@ class GPUWorker:
     def submit(self, task: str, request: Any, owner: str = "") -> Job:
         if task not in self.handlers:
             raise RequestError(f"No task {task!r} in this app; it has {', '.join(self.handlers)}.", key="unknown_task")
-        if getattr(request, "loras", ""):  # a missing, damaged or unfit LoRA is refused before the queue
-            from ..loras.check import check_request
+        from ..loras.check import check_request
 
-            check_request(request, self.settings)
+        check_request(request, self.settings)  # a missing, damaged or unfit LoRA is refused before the queue
         return self.queue.submit(task, request, owner)
 
     def cancel(self, job_id: str) -> bool:

@@ -1,7 +1,9 @@
 """A request's LoRAs checked before anything is queued, and what a clip records about them.
 
 ``check_loras`` finds each named file in the LoRA folder and refuses, with a ``RequestError`` that names the
-file and why, one that is missing, damaged, for another model, or given to a model that takes no LoRAs.
+file and why, one that is missing, damaged, for another model, or given to a model that takes no LoRAs;
+``check_request`` is where that happens before a job is queued (both executors' ``submit`` call it), while
+the tasks' validation keeps only ``check_rules`` (the text and what the model and app allow, no file read).
 ``file_sha256`` hashes a file once per (path, size, mtime), also across restarts (``<data>/lora_hashes.json``);
 ``record`` is what the sidecar and the mp4's comment list: file, strength, sha256 and the short hash that
 A1111 and Civitai print (its first 10 hex digits).
@@ -56,9 +58,9 @@ def find_lora(settings, name: str, library: list[LoraInfo] | None = None) -> Lor
                        name=name, folder=str(folder))
 
 
-def check_loras(text, spec, settings) -> list[ChosenLora]:
-    """The LoRAs of a request's ``loras`` text for model ``spec``, each checked; a ``RequestError`` for the
-    first that cannot be used. Without ``settings`` (no folder known) only the text is checked."""
+def check_rules(text, spec, settings=None) -> list[tuple[str, float]]:
+    """The cheap part of the check, without reading the folder: the text, how many, whether the model (and,
+    with ``settings``, the app's --fp8 / --parallel) takes LoRAs. Returns ``(name, strength)`` pairs."""
     wanted = parse_loras(text)
     if not wanted:
         return []
@@ -71,8 +73,6 @@ def check_loras(text, spec, settings) -> list[ChosenLora]:
     if support:
         raise RequestError(f"{spec.title} cannot take LoRAs here: {support}", key="lora_unsupported",
                            model=spec.title, why=support)
-    if settings is None:
-        return []
     if getattr(settings, "fp8", False):  # peft would store the adapters in the fp8 of the layers they wrap
         why = "not with --fp8 weight storage yet; start without --fp8 to use them."
         raise RequestError(f"{spec.title} cannot take LoRAs here: {why}", key="lora_unsupported", model=spec.title,
@@ -80,6 +80,16 @@ def check_loras(text, spec, settings) -> list[ChosenLora]:
     if getattr(settings, "parallel", 1) > 1:
         raise RequestError("LoRAs do not run across several GPUs (--parallel) yet; start without it to use them.",
                            key="lora_parallel")
+    return wanted
+
+
+def check_loras(text, spec, settings) -> list[ChosenLora]:
+    """The LoRAs of a request's ``loras`` text for model ``spec``, each checked (``check_rules``, then each file
+    found in the folder, its header read once per file version, and fitting the model); a ``RequestError`` for
+    the first that cannot be used. Without ``settings`` (no folder known) only the rules are checked."""
+    wanted = check_rules(text, spec, settings)
+    if not wanted or settings is None:
+        return []
     library = scan_library(settings)
     chosen = []
     for name, strength in wanted:
@@ -162,12 +172,15 @@ def hashes_text(records: list[dict]) -> str:
 
 
 def check_request(request, settings) -> None:
-    """The LoRAs of a video request checked against its model before it is queued (the executor's submit
-    calls it, whatever page, API or batch made the request)."""
+    """The one file check before a job is queued: both executors' ``submit`` (``GPUWorker``, ``RayExecutor``)
+    call it, whatever made the request (page, API, Batch, CLI, scripts). The tasks' validation checks only
+    the rules (``check_rules``); the job checks the files again when it runs (they may have changed)."""
+    if not getattr(request, "loras", ""):
+        return
     from ..families.catalogue import get_spec
 
     try:
         spec = get_spec(str(request.model))
     except ValueError:
         return  # the task's own validation names the unknown model
-    check_loras(getattr(request, "loras", ""), spec, settings)
+    check_loras(request.loras, spec, settings)

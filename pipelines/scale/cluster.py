@@ -142,6 +142,9 @@ class RayExecutor(SlotDispatch):
     def submit(self, task: str, request: Any, owner: str = "") -> Job:
         if task not in self.tasks:
             raise RequestError(f"No task {task!r} in this app; it has {', '.join(self.tasks)}.", key="unknown_task")
+        from ..loras.check import check_request
+
+        check_request(request, self.settings)  # the LoRA files, here as in GPUWorker.submit: before the queue
         return self.queue.submit(task, request, owner)
 
     def cancel(self, job_id: str) -> bool:

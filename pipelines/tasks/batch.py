@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..loras.check import check_request
 from .asr import ASRRequest, validate_asr
 from .batch_jobs import (BatchRun, RowOutcome, batch_note, describe_row, job_outputs, row_outcome,
                          submit, submit_batch)
@@ -298,9 +299,14 @@ def build_request(task: str, values: dict[str, Any], settings: Settings):
     if task == "t2v":
         if "duration_s" in values and values["duration_s"] in ("", 0, "0"):
             values["duration_s"] = None
-        return validate_t2v(T2VRequest(**values), demo=settings.demo, settings=settings)
-    values.setdefault("image", None)
-    return check_i2v(I2VRequest(**values), demo=settings.demo, settings=settings)[0]
+        request = validate_t2v(T2VRequest(**values), demo=settings.demo, settings=settings)
+    else:
+        values.setdefault("image", None)
+        request = check_i2v(I2VRequest(**values), demo=settings.demo, settings=settings)[0]
+    # The LoRA files too, so a bad one is named with its row and nothing is queued (validation checks only the
+    # text); the executor's submit checks them again, from the library's scan cache (no header read again).
+    check_request(request, settings)
+    return request
 
 
 def _row_values(task: str, defaults: dict, cells: dict, demo: bool) -> dict:

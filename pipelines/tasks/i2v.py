@@ -97,8 +97,8 @@ def check_i2v(request: I2VRequest, demo: bool = False, settings=None) -> tuple[I
     """Check and normalise a request before any GPU work; returns it complete, with the decoded image(s).
 
     Hard errors raise ``RequestError`` naming the value; frame counts the model cannot make are rounded
-    with a note. With ``settings`` the LoRAs of ``loras`` are found in the LoRA folder and checked against
-    the model (missing, damaged or for another model: refused); without, only their text is checked.
+    with a note. The ``loras`` text is checked without reading the LoRA folder (as ``validate_t2v``); the
+    files are checked at submit by the executor (``loras.check.check_request``).
     """
     notes: list[str] = []
     prompt = request.prompt.strip() if isinstance(request.prompt, str) else ""

@@ -65,9 +65,9 @@ def validate_t2v(request: T2VRequest, demo: bool = False, settings=None) -> T2VR
     """Check and normalise a request before any GPU work; returns a new request with width/height set.
 
     Hard errors raise ``RequestError`` naming the value; values that can be fixed softly (frame counts
-    that must be 4n+1) are rounded with a note. With ``settings`` the LoRAs of ``loras`` are found in the
-    LoRA folder and checked against the model (missing, damaged or for another model: refused); without,
-    only their text is checked.
+    that must be 4n+1) are rounded with a note. The ``loras`` text is checked and written one way, without
+    reading the LoRA folder (with ``settings``, --fp8 and --parallel refuse LoRAs too); the files are checked
+    at submit by the executor (``loras.check.check_request``).
     """
     notes: list[str] = []
     prompt = (request.prompt or "").strip() if isinstance(request.prompt, str) else ""

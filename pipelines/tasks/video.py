@@ -36,11 +36,12 @@ def check_step_cache(value, spec) -> float:
 
 
 def check_loras_field(value, spec, settings) -> str:
-    """The request's ``loras`` text, checked (``loras.check``: with ``settings``, each file found and fitting
-    the model) and written the one way (``"name:0.8, other:1"``)."""
-    from ..loras.check import canonical_text, check_loras
+    """The request's ``loras`` text, checked without reading the folder (``loras.check.check_rules``: the
+    text, how many, whether the model and the app take LoRAs) and written the one way (``"name:0.8, other:1"``).
+    The files are checked once at submit, by the executor (``check_request``), and again when the job runs."""
+    from ..loras.check import canonical_text, check_rules
 
-    check_loras(value, spec, settings)
+    check_rules(value, spec, settings)
     return canonical_text(value)
 
 
@@ -299,18 +300,21 @@ def make_clips(task: str, job, ctx, request, spec, model, loaded_now: bool, retr
 def use_request_loras(ctx, model, family, spec, request) -> tuple[list, list[dict], dict | None]:
     """The request's LoRAs made the active adapters of ``model`` (a job without them turns loaded ones off):
     ``(chosen, records for the clip's settings, the sidecar's "loras" section or None)``."""
-    from ..loras.adapters import use_loras
+    from ..device import lora_compile
+    from ..loras.adapters import adapter_name, use_loras
     from ..loras.check import check_loras, record
 
-    chosen = check_loras(request.loras, spec, ctx.settings)
+    chosen = check_loras(request.loras, spec, ctx.settings)  # again: a file may have changed since submit
     if not chosen and not model.loras:
+        lora_compile.decide(model, [])
         return [], [], None
     used = use_loras(model, family, chosen, ctx.settings)
+    compiled = lora_compile.decide(model, [adapter_name(c) for c in chosen])  # --compile: compiled, or eager
     records = record(chosen, ctx.settings)
     status = {name: "loaded" for name in used["loaded"]} | {name: "reused" for name in used["reused"]}
     section = {"adapters": [{**entry, "layout": c.info.layout, "adapter": status.get(c.name, "")}
                             for entry, c in zip(records, chosen)],
-               **{key: used[key] for key in ("loaded", "reused", "unloaded", "idle", "seconds")}}
+               **{key: used[key] for key in ("loaded", "reused", "unloaded", "idle", "seconds")}, "compile": compiled}
     return chosen, records, section
 
 
