@@ -15,6 +15,7 @@ from __future__ import annotations
 import sys
 
 from . import base
+from .ltx2_lora import check as lora_check, experts as lora_experts, renamed as lora_rename  # noqa: F401 (LoRA rules)
 from .spec import ModelSpec, VideoPreset
 
 NAME = "ltx2"
@@ -427,5 +428,5 @@ def denoise_flops(model_id: str, frames: int, height: int, width: int, steps: in
 
 # --- creators' LoRAs --------------------------------------------------------------------------------------
 
-LORA_SUPPORT, LORA_COMPONENTS, lora_check, lora_rename, lora_experts = base.no_loras(
-    "its LoRA loader (LTX2LoraLoaderMixin) is not wired to the LoRA folder yet; only the distilled LoRA of its catalogue entries is used.")
+LORA_SUPPORT = ""  # it takes them: every layout of ltx2_lora, through diffusers' LTX2LoraLoaderMixin
+LORA_COMPONENTS = ("transformer", "connectors")  # the text connectors run in the call: cached prompts stay right

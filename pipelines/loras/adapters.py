@@ -1,6 +1,6 @@
 """Creators' LoRAs on the resident pipeline: each file loaded once as a named peft adapter through diffusers'
-own ``load_lora_weights`` (its converters read the Wan original, kohya and lightx2v layouts; Wan 2.2 A14B's
-second expert through ``load_into_transformer_2``), then switched between jobs with ``set_adapters``:
+own ``load_lora_weights`` (its converters read the Wan original, kohya and lightx2v layouts and LTX-2's original
+one; Wan 2.2 A14B's second expert through ``load_into_transformer_2``), then switched between jobs with ``set_adapters``:
 strengths and sets change without reloading anything, least of all the base model.
 
 Memory stays bounded: adapters a job does not use stay loaded but inactive, up to ``MAX_IDLE`` of them (a
@@ -8,8 +8,10 @@ creator going back and forth between two LoRAs pays nothing); older ones are del
 turns the adapters off. LoRAs need the separate q/k/v projections, so fused QKV (``device.fastpath``) is
 undone on a model the first time one is loaded; the sidecar's ``fast_path`` says so.
 
-Each family says which components its loader changes (``LORA_COMPONENTS``): Wan's are the transformers,
-never the text encoder, so cached prompt embeddings stay right.
+Each family says which components its loader changes (``LORA_COMPONENTS``): Wan's are the transformers, LTX-2's
+its transformer and text connectors (run inside the call), never the text encoder, so cached prompt embeddings
+stay right. An ``alpha`` beside peft ``lora_A`` / ``lora_B`` keys (which the loaders do not read there) is folded
+into ``lora_A``.
 """
 
 from __future__ import annotations
@@ -46,6 +48,20 @@ def _drop(pipe, family, name: str) -> None:
             model.delete_adapters([name])
 
 
+def _alphas(keys) -> list[str]:
+    """``M.alpha`` keys beside peft's ``M.lora_A.weight``: an alpha no diffusers loader reads in that layout."""
+    keys = set(keys)
+    return [key for key in keys if key.endswith(".alpha") and key[: -len(".alpha")] + ".lora_A.weight" in keys]
+
+
+def _fold(state: dict) -> dict:
+    """Each such alpha folded into its ``lora_A`` as alpha / rank (the scale the file means), then dropped."""
+    for key in _alphas(state):
+        down = key[: -len(".alpha")] + ".lora_A.weight"
+        state[down] = state[down] * (float(state.pop(key)) / state[down].shape[0])
+    return state
+
+
 def _load(pipe, family, spec, lora, name: str) -> None:
     """Load the file onto each expert it goes on: as it is when its keys are what the family's loader reads
     (diffusers then reads its metadata too), else its tensors with the keys renamed (``lora_rename``). A
@@ -60,8 +76,8 @@ def _load(pipe, family, spec, lora, name: str) -> None:
             keys = list(handle.keys())
             renamed = {key: family.lora_rename(key, lora.info.layout) for key in keys}
             # keys as the loader reads them: the file itself, so diffusers also reads its metadata (peft's alpha)
-            state = None if all(renamed[key] == key for key in keys) else {
-                renamed[key]: handle.get_tensor(key) for key in keys}
+            state = None if all(renamed[key] == key for key in keys) and not _alphas(renamed.values()) else _fold(
+                {renamed[key]: handle.get_tensor(key) for key in keys})
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*multiple adapters.*")  # several adapters is the point
             for kwargs in family.lora_experts(spec, lora.name):

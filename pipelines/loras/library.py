@@ -206,13 +206,13 @@ def inspect(path: Path, name: str, demo: bool) -> LoraInfo:
             info.why_not[spec.id] = f"{spec.title} cannot take LoRAs here: {family.LORA_SUPPORT}"
             continue
         layout, reason = family.lora_check(spec, shapes, demo)
-        layouts.append(layout)
+        layouts.append((not reason, layout))
         if reason:
             info.why_not[spec.id] = f"Not for {spec.title}: {reason}"
         else:
             fits.append(spec.id)
     info.fits = tuple(fits)
-    info.layout = next((layout for layout in layouts if layout), "")
+    info.layout = max(layouts, key=lambda found: (found[0], bool(found[1])), default=(False, ""))[1]  # where it fits
     if not fits:
         checked = [why for why in info.why_not.values() if "cannot take LoRAs" not in why]
         info.reason = checked[0] if checked else "no model of the catalogue takes LoRAs."  # the first: the default
