@@ -1,7 +1,8 @@
 """The LoRA picker of the video tabs (``ui/lora_picker.py``): its text <-> picks conversions, History's "Reuse
 settings", and in a real browser: the LoRAs that fit the demo model listed (the others apart, with their reason),
-one picked with a strength, a trigger word clicked into the prompt, the speed-up button, and the job's request
-carrying the LoRA (its sidecar records it).
+one picked with a strength, a trigger word clicked into the prompt, the speed-up button, a card for each of
+eight LoRAs, the job's request carrying the LoRA (its sidecar records it), and on a Chinese page the cards of
+text typed while the switch to Chinese redraws the picker.
 
 ``CINESCRIBE_SCREENSHOT=1`` also writes ``docs/screenshots/lora-{en-desktop,zh-desktop,phone-390}.png``.
 """
@@ -22,6 +23,8 @@ SHOTS = ROOT / "docs" / "screenshots"
 PHONE = {"width": 390, "height": 844}
 RANK, WIDTH = 4, 24  # the demo Wan transformer: 2 heads of 12
 WAIT = 30_000  # ms for the page to answer (2 CPU cores shared with other test runs)
+T2V_MODEL = "wan2.1-t2v-1.3b"  # the text-to-video tab's first model
+TWO = "styles/ink_wash:0.8, wan_lightx2v_4step:1"
 
 
 # --- text <-> picks ----------------------------------------------------------------------------------------
@@ -142,6 +145,15 @@ def lora_app(tmp_path_factory, data_dir):
     stop_app(app)
 
 
+@pytest.fixture(scope="module")
+def browser():
+    """One Chromium for the module's page tests (each opens its own context)."""
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
 def shoot(page, name: str) -> None:
     if os.environ.get("CINESCRIBE_SCREENSHOT") == "1":
         SHOTS.mkdir(parents=True, exist_ok=True)
@@ -190,124 +202,181 @@ def test_the_api_takes_loras_last_and_old_calls_still_work(lora_app):
 
 @pytest.mark.browser
 @pytest.mark.skipif(bool(_MISSING), reason=_MISSING or "-")
-def test_a_lora_picked_in_the_page_reaches_the_job(lora_app):
+def test_a_lora_picked_in_the_page_reaches_the_job(lora_app, browser):
     from ui.lora_picker import loras_text
 
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_context(locale="en-US", viewport=VIEWPORT).new_page()
-            page.goto(lora_app.url)
-            expect(page.locator("#t2v-generate")).to_have_text("Generate", timeout=20_000)
-            open_loras(page)
-            expect(page.locator("#t2v-lora-note")).to_contain_text("2 LoRA(s)")
-            page.locator("#t2v-lora-unusable > button").first.click()
-            apart = page.locator("#t2v-lora-unusable")
-            expect(apart).to_contain_text("for_a_bigger_model")
-            expect(apart).to_contain_text("cut_short")
-            expect(apart).to_contain_text("too short")  # the reason the library gives
+    context = browser.new_context(locale="en-US", viewport=VIEWPORT)
+    try:
+        page = context.new_page()
+        page.goto(lora_app.url)
+        expect(page.locator("#t2v-generate")).to_have_text("Generate", timeout=20_000)
+        open_loras(page)
+        expect(page.locator("#t2v-lora-note")).to_contain_text("2 LoRA(s)")
+        page.locator("#t2v-lora-unusable > button").first.click()
+        apart = page.locator("#t2v-lora-unusable")
+        expect(apart).to_contain_text("for_a_bigger_model")
+        expect(apart).to_contain_text("cut_short")
+        expect(apart).to_contain_text("too short")  # the reason the library gives
 
-            pick(page, "styles/ink_wash — Ink wash")
-            text = page.locator("#t2v-lora-text textarea")
-            expect(text).to_have_value("styles/ink_wash:1", timeout=WAIT)
-            card = page.locator("#t2v-lora-0").first
-            expect(card).to_contain_text("Training tags: ink wash, monochrome, brush strokes", timeout=WAIT)
-            expect(card.locator("img")).to_be_visible()  # the picture beside the file
-            strength = page.locator("#t2v-lora-0-strength input[type='number']")
-            strength.fill("0.5")
-            strength.press("Enter")
-            strength.blur()
-            expect(text).to_have_value("styles/ink_wash:0.5", timeout=WAIT)
+        pick(page, "styles/ink_wash — Ink wash")
+        text = page.locator("#t2v-lora-text textarea")
+        expect(text).to_have_value("styles/ink_wash:1", timeout=WAIT)
+        card = page.locator("#t2v-lora-0").first
+        expect(card).to_contain_text("Training tags: ink wash, monochrome, brush strokes", timeout=WAIT)
+        expect(card.locator("img")).to_be_visible()  # the picture beside the file
+        strength = page.locator("#t2v-lora-0-strength input[type='number']")
+        strength.fill("0.5")
+        strength.press("Enter")
+        strength.blur()
+        expect(text).to_have_value("styles/ink_wash:0.5", timeout=WAIT)
 
-            prompt = page.locator("#t2v-prompt textarea")
-            prompt.fill("a heron in the reeds")
-            card.get_by_role("button", name="sumi-e").click()
-            expect(prompt).to_have_value("a heron in the reeds, sumi-e", timeout=WAIT)
+        prompt = page.locator("#t2v-prompt textarea")
+        prompt.fill("a heron in the reeds")
+        card.get_by_role("button", name="sumi-e").click()
+        expect(prompt).to_have_value("a heron in the reeds, sumi-e", timeout=WAIT)
 
-            pick(page, "wan_lightx2v_4step")
-            expect(text).to_have_value("styles/ink_wash:0.5, wan_lightx2v_4step:1", timeout=WAIT)
-            speed = page.locator("#t2v-lora-1").first
-            expect(speed).to_contain_text("4 steps", timeout=WAIT)
-            shoot(page, "en-desktop")
-            page.locator("#t2v-lora-1-speed").click()
-            expect(speed).to_contain_text("Steps set to 4 and guidance to 1", timeout=WAIT)
-            page.get_by_role("button", name="Advanced settings").click()
-            steps = page.get_by_role("spinbutton", name="number input for Steps")
-            expect(steps).to_have_value("4", timeout=WAIT)
-            page.locator("#t2v-lora-1-remove").click()
-            expect(text).to_have_value("styles/ink_wash:0.5", timeout=WAIT)
-            expect(page.locator("#t2v-lora-1").first).to_be_hidden()
+        pick(page, "wan_lightx2v_4step")
+        expect(text).to_have_value("styles/ink_wash:0.5, wan_lightx2v_4step:1", timeout=WAIT)
+        speed = page.locator("#t2v-lora-1").first
+        expect(speed).to_contain_text("4 steps", timeout=WAIT)
+        shoot(page, "en-desktop")
+        page.locator("#t2v-lora-1-speed").click()
+        expect(speed).to_contain_text("Steps set to 4 and guidance to 1", timeout=WAIT)
+        page.get_by_role("button", name="Advanced settings").click()
+        steps = page.get_by_role("spinbutton", name="number input for Steps")
+        expect(steps).to_have_value("4", timeout=WAIT)
+        page.locator("#t2v-lora-1-remove").click()
+        expect(text).to_have_value("styles/ink_wash:0.5", timeout=WAIT)
+        expect(page.locator("#t2v-lora-1").first).to_be_hidden()
 
-            page.locator("#t2v-generate").click()
-            expect(page.locator("#t2v-status")).to_contain_text("Done", timeout=180_000)
-            sidecars = sorted(lora_app.outputs.glob("*/*.json"))
-            assert sidecars, "no sidecar written"
-            recorded = json.loads(sidecars[-1].read_text(encoding="utf-8"))
-            loras = recorded["settings"]["loras"]
-            assert [(lora["name"], lora["strength"]) for lora in loras] == [("styles/ink_wash", 0.5)], loras
-            assert loras_text(loras) == "styles/ink_wash:0.5"  # what History's "Reuse settings" gives the picker
-            assert recorded["settings"]["prompt"] == "a heron in the reeds, sumi-e"
+        page.locator("#t2v-generate").click()
+        expect(page.locator("#t2v-status")).to_contain_text("Done", timeout=180_000)
+        sidecars = sorted(lora_app.outputs.glob("*/*.json"))
+        assert sidecars, "no sidecar written"
+        recorded = json.loads(sidecars[-1].read_text(encoding="utf-8"))
+        loras = recorded["settings"]["loras"]
+        assert [(lora["name"], lora["strength"]) for lora in loras] == [("styles/ink_wash", 0.5)], loras
+        assert loras_text(loras) == "styles/ink_wash:0.5"  # what History's "Reuse settings" gives the picker
+        assert recorded["settings"]["prompt"] == "a heron in the reeds, sumi-e"
 
-            page.locator("#t2v-lora-text textarea").fill("for_a_bigger_model:1")  # typed: refused at submit, named
-            page.locator("#t2v-lora-text textarea").blur()
-            expect(page.locator("#t2v-lora-0").first).to_contain_text("Does not fit", timeout=WAIT)
-            page.locator("#t2v-generate").click()
-            expect(page.locator("#t2v-status")).to_contain_text("for_a_bigger_model.safetensors", timeout=WAIT)
+        page.locator("#t2v-lora-text textarea").fill("for_a_bigger_model:1")  # typed: refused at submit, named
+        page.locator("#t2v-lora-text textarea").blur()
+        expect(page.locator("#t2v-lora-0").first).to_contain_text("Does not fit", timeout=WAIT)
+        page.locator("#t2v-generate").click()
+        expect(page.locator("#t2v-status")).to_contain_text("for_a_bigger_model.safetensors", timeout=WAIT)
 
-            page.locator("#t2v-model input").first.click()  # a model that takes no LoRAs: the list follows it
-            page.get_by_role("option", name="LTX-2 19B (video + audio)").click()
-            expect(page.locator("#t2v-lora-note")).to_contain_text("cannot take LoRAs here", timeout=WAIT)
-            expect(page.locator("#t2v-lora-unusable")).to_be_hidden()
+        page.locator("#t2v-model input").first.click()  # another family: the list follows it (I2V: one with none)
+        page.get_by_role("option", name="LTX-2 19B (video + audio)").click()
+        expect(page.locator("#t2v-lora-note")).to_contain_text("LTX-2 19B (video + audio)", timeout=WAIT)
 
-            page.get_by_role("tab", name="History").click()  # Reuse settings brings the LoRA back into the picker
-            page.locator("#history-table span").get_by_text("a heron in the reeds, sumi-e").click()
-            expect(page.locator("#history-settings")).to_contain_text("ink_wash", timeout=WAIT)
-            page.locator("#history-reuse").click()
-            expect(text).to_have_value("styles/ink_wash:0.5", timeout=WAIT)
-            expect(page.locator("#t2v-lora-0").first).to_contain_text("Ink wash", timeout=WAIT)
-            expect(page.locator("#t2v-lora-note")).to_contain_text("2 LoRA(s)", timeout=WAIT)  # Wan again
-            expect(page.locator("#t2v-lora-0-strength input[type='number']")).to_have_value("0.5")
-        finally:
-            browser.close()
+        page.get_by_role("tab", name="History").click()  # Reuse settings brings the LoRA back into the picker
+        page.locator("#history-table span").get_by_text("a heron in the reeds, sumi-e").click()
+        expect(page.locator("#history-settings")).to_contain_text("ink_wash", timeout=WAIT)
+        page.locator("#history-reuse").click()
+        expect(text).to_have_value("styles/ink_wash:0.5", timeout=WAIT)
+        expect(page.locator("#t2v-lora-0").first).to_contain_text("Ink wash", timeout=WAIT)
+        expect(page.locator("#t2v-lora-note")).to_contain_text("2 LoRA(s)", timeout=WAIT)  # Wan again
+        expect(page.locator("#t2v-lora-0-strength input[type='number']")).to_have_value("0.5")
+
+        eight = [f"more/lora_{n}:0.{n}" for n in range(1, 7)]  # not in the folder: their cards say so
+        text.fill(", ".join(["styles/ink_wash:0.5", "wan_lightx2v_4step:1", *eight]))
+        text.blur()
+        last = page.locator("#t2v-lora-7").first
+        expect(last).to_contain_text("more/lora_6", timeout=WAIT)  # a card for each of eight
+        expect(last).to_contain_text("Not in the LoRA folder")
+        expect(page.locator("#t2v-lora-7-strength input[type='number']")).to_have_value("0.6")
+        expect(page.locator("#t2v-lora-1").first).to_contain_text("4 steps")
+        text.fill(text.input_value() + ", ninth")
+        text.blur()
+        expect(page.locator("#t2v-lora-note")).to_contain_text("9 LoRAs were given; at most 8", timeout=WAIT)
+    finally:
+        context.close()
 
 
 @pytest.mark.browser
 @pytest.mark.skipif(bool(_MISSING), reason=_MISSING or "-")
-def test_chinese_and_phone_pages_show_the_picker(lora_app):
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_context(locale="zh-CN", viewport=VIEWPORT).new_page()
-            page.goto(lora_app.url)
-            expect(page.locator("#t2v-generate")).to_have_text("生成", timeout=20_000)
-            page.locator("#t2v-loras > button").first.click()
-            # the page's switch to Chinese redraws the picker from the text it had then: let it finish first
-            expect(page.locator("#t2v-lora-note")).to_contain_text("个 LoRA 适用于", timeout=WAIT)
-            page.locator("#t2v-lora-text textarea").fill("styles/ink_wash:0.8, wan_lightx2v_4step:1")
-            page.locator("#t2v-lora-text textarea").blur()
-            expect(page.locator("#t2v-lora-1").first).to_contain_text("加速 LoRA", timeout=WAIT)
-            expect(page.locator("#t2v-lora-0").first).to_contain_text("训练标签")
-            shoot(page, "zh-desktop")
-            page.get_by_role("tab", name="图片生成视频").click()  # I2V's default model, I2VGen-XL, takes none
-            page.locator("#i2v-loras > button").first.click()
-            expect(page.locator("#i2v-lora-note")).to_contain_text("I2VGen-XL 在这里不能使用 LoRA", timeout=WAIT)
-            page.locator("#i2v-model input").first.click()
-            page.get_by_role("option", name="Wan 2.1 I2V 14B 480p", exact=True).click()
-            expect(page.locator("#i2v-lora-note")).to_contain_text("2 个 LoRA 适用于 Wan 2.1 I2V 14B 480p",
-                                                                   timeout=WAIT)
+def test_cards_follow_text_typed_before_the_switch_to_chinese_redraws(lora_app, browser):
+    """A Chinese page switches language once loaded, and that redraws the picker from the text it had then (none).
+    Text typed before that redraw answers (here it is held back until the typed LoRAs' cards show) keeps its cards:
+    the picker draws again from the text as it is now. Before, the late redraw hid them."""
+    context = browser.new_context(locale="zh-CN", viewport=VIEWPORT)
+    held = []
 
-            phone = browser.new_context(locale="en-US", viewport=PHONE, device_scale_factor=1, is_mobile=True,
-                                        has_touch=True).new_page()
-            phone.goto(lora_app.url)
-            expect(phone.locator("#t2v-generate")).to_have_text("Generate", timeout=20_000)
-            phone.locator("#t2v-loras > button").first.click()
-            phone.locator("#t2v-lora-text textarea").fill("styles/ink_wash:0.8, wan_lightx2v_4step:1")
-            phone.locator("#t2v-lora-text textarea").blur()
-            card = phone.locator("#t2v-lora-1").first
-            expect(card).to_contain_text("4 steps", timeout=WAIT)
-            box = card.bounding_box()
-            assert box and box["width"] <= PHONE["width"], f"a LoRA card wider than the phone: {box}"
-            assert phone.evaluate("document.documentElement.scrollWidth") <= PHONE["width"] + 1, "sideways scroll"
-            shoot(phone, "phone-390")
-        finally:
-            browser.close()
+    def hold(route):
+        data = (route.request.post_data_json or {}).get("data") or []
+        if not held and data[:2] == [T2V_MODEL, ""]:  # the t2v picker's redraw for the language, from empty text
+            held.append(route)
+        else:
+            route.continue_()
+
+    try:
+        page = context.new_page()
+        page.route("**/gradio_api/run/predict", hold)
+        page.goto(lora_app.url)
+        expect(page.locator("#t2v-generate")).to_have_text("生成", timeout=20_000)
+        page.locator("#t2v-loras > button").first.click()
+        text = page.locator("#t2v-lora-text textarea")
+        text.fill(TWO)
+        text.blur()
+        expect(page.locator("#t2v-lora-1").first).to_contain_text("加速 LoRA", timeout=WAIT)
+        assert held, "the language redraw was not seen"
+        with page.expect_response(lambda response: response.request.post_data == held[0].request.post_data) as late:
+            held[0].continue_()
+        late.value.finished()
+        page.evaluate("() => new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)))")
+        expect(page.locator("#t2v-lora-drawn textarea")).to_have_value(f"{T2V_MODEL}|zh|{TWO}", timeout=WAIT)
+        expect(page.locator("#t2v-lora-1").first).to_contain_text("加速 LoRA", timeout=WAIT)
+        expect(page.locator("#t2v-lora-0").first).to_contain_text("训练标签")
+        expect(text).to_have_value(TWO)
+    finally:
+        context.close()
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(bool(_MISSING), reason=_MISSING or "-")
+def test_chinese_and_phone_pages_show_the_picker(lora_app, browser):
+    contexts = []
+    try:
+        contexts.append(browser.new_context(locale="zh-CN", viewport=VIEWPORT))
+        page = contexts[-1].new_page()
+        page.goto(lora_app.url)
+        expect(page.locator("#t2v-generate")).to_have_text("生成", timeout=20_000)
+        page.locator("#t2v-loras > button").first.click()
+        page.locator("#t2v-lora-text textarea").fill(TWO)  # at once: the cards follow the text all the same
+        page.locator("#t2v-lora-text textarea").blur()
+        expect(page.locator("#t2v-lora-note")).to_contain_text("个 LoRA 适用于", timeout=WAIT)
+        expect(page.locator("#t2v-lora-1").first).to_contain_text("加速 LoRA", timeout=WAIT)
+        expect(page.locator("#t2v-lora-0").first).to_contain_text("训练标签")
+        page.locator("#t2v-lora-unusable > button").first.click()  # the reasons in Chinese, numbers kept
+        apart = page.locator("#t2v-lora-unusable")
+        expect(apart).to_contain_text("文件只有 2 字节：太短，不是 safetensors 文件。", timeout=WAIT)
+        expect(apart).to_contain_text("为 5120 x 5120，而 Wan 2.1 T2V 1.3B（演示尺寸）的是 24 x 24")
+        expect(apart).not_to_contain_text("Not for")
+        shoot(page, "zh-desktop")
+        page.get_by_role("tab", name="图片生成视频").click()  # I2V's default model, I2VGen-XL, takes none
+        page.locator("#i2v-loras > button").first.click()
+        expect(page.locator("#i2v-lora-note")).to_contain_text("I2VGen-XL 在这里不能使用 LoRA", timeout=WAIT)
+        expect(page.locator("#i2v-lora-note")).to_contain_text("没有 LoRA 加载器")  # its reason, in Chinese too
+        expect(page.locator("#i2v-lora-unusable")).to_be_hidden()
+        page.locator("#i2v-model input").first.click()
+        page.get_by_role("option", name="Wan 2.1 I2V 14B 480p", exact=True).click()
+        expect(page.locator("#i2v-lora-note")).to_contain_text("2 个 LoRA 适用于 Wan 2.1 I2V 14B 480p",
+                                                               timeout=WAIT)
+
+        contexts.append(browser.new_context(locale="en-US", viewport=PHONE, device_scale_factor=1, is_mobile=True,
+                                            has_touch=True))
+        phone = contexts[-1].new_page()
+        phone.goto(lora_app.url)
+        expect(phone.locator("#t2v-generate")).to_have_text("Generate", timeout=20_000)
+        phone.locator("#t2v-loras > button").first.click()
+        phone.locator("#t2v-lora-text textarea").fill(TWO)
+        phone.locator("#t2v-lora-text textarea").blur()
+        card = phone.locator("#t2v-lora-1").first
+        expect(card).to_contain_text("4 steps", timeout=WAIT)
+        box = card.bounding_box()
+        assert box and box["width"] <= PHONE["width"], f"a LoRA card wider than the phone: {box}"
+        assert phone.evaluate("document.documentElement.scrollWidth") <= PHONE["width"] + 1, "sideways scroll"
+        shoot(phone, "phone-390")
+    finally:
+        for context in contexts:
+            context.close()

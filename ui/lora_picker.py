@@ -4,7 +4,9 @@ strength, its trigger words, training tags, thumbnail and (speed-up LoRAs) a but
 The picker's one value is a text, ``"name:strength, ..."`` (the ``loras`` field of the request and of the
 ``/t2v`` / ``/i2v`` API), shown in the picker and editable. The dropdown, the sliders and the Remove buttons
 only rewrite that text; the cards below it are drawn from it. So the job gets exactly what the creator sees,
-and History's "Reuse settings" brings LoRAs back by setting the text alone.
+and History's "Reuse settings" brings LoRAs back by setting the text alone. Each drawing also writes what it was
+drawn from (model, language, text) into a hidden box; when that box, changed, no longer matches the page (a redraw
+from older text answered last), the picker draws again from the text as it is now: the cards follow the text.
 
 The folder is read by ``pipelines.loras.library`` (file headers only); nothing here imports torch.
 """
@@ -22,12 +24,12 @@ from pipelines.families.catalogue import family_of, get_spec
 from pipelines.loras.library import loras_dir, loras_for_model, parse_loras
 from pipelines.studio.jobs import RequestError
 
-from .i18n import Translator, error_text, t
+from .i18n import Translator, error_text, normalise_language, t
+from .strings_lora_reasons import reason_text
 
 logger = logging.getLogger(__name__)
 
-MAX_PICKS = 8  # as many as one clip takes (pipelines/loras/check.py)
-MAX_SLOTS = 4  # the first LoRAs get a card with a slider (each card weighs on the page); the rest: the text
+MAX_PICKS = 8  # as many as one clip takes (pipelines/loras/check.py): each gets a card (hidden while unused)
 MAX_TRIGGERS = 3  # trigger-word buttons per card
 MAX_TAGS = 8
 STRENGTH_RANGE = (-2.0, 2.0)
@@ -126,14 +128,15 @@ def _label(info) -> str:
 
 
 def unusable_reason(lang: str, info) -> str:
-    """Why a LoRA does not fit this model (the library's words), and which models it does fit (three named)."""
-    reason = str(getattr(info, "reason", "") or "")
+    """Why a LoRA does not fit this model (the library's words, in Chinese on a Chinese page), and which models
+    it does fit (three named)."""
+    reason = reason_text(lang, str(getattr(info, "reason", "") or ""))
     fits = [_title(m) for m in tuple(getattr(info, "fits", ()) or ())]
     if not fits:
         return reason or t(lang, "lora_fits_nothing")
     named = ", ".join(fits[:3]) + (f" (+{len(fits) - 3})" if len(fits) > 3 else "")
     made_for = t(lang, "lora_made_for", models=named)
-    return f"{reason} ({made_for})" if reason else made_for
+    return t(lang, "lora_reason_and_fits", reason=reason, made_for=made_for) if reason else made_for
 
 
 def _thumbnail(path):
@@ -187,7 +190,7 @@ class Library:
         if self.error:
             return t(lang, "lora_scan_failed", folder=folder, error=self.error)
         if self.support:
-            return t(lang, "lora_model_takes_none", model=_title(model_id), why=self.support)
+            return t(lang, "lora_model_takes_none", model=_title(model_id), why=reason_text(lang, self.support))
         if not self.fitting and not self.unusable:
             return t(lang, "lora_empty", folder=folder)
         if not self.fitting:
@@ -201,6 +204,11 @@ class Library:
 
     def unusable_list(self, lang: str) -> str:
         return "\n".join(f"- **{i.name}**: {unusable_reason(lang, i)}" for i in self.unusable)
+
+
+def drawn_key(model_id: str, lang: str, text: str) -> str:
+    """What a drawing of the picker was drawn from, as the hidden box holds it."""
+    return f"{model_id}|{normalise_language(lang)}|{text or ''}"
 
 
 def _size(size: int) -> str:
@@ -269,8 +277,7 @@ class LoraPicker:
                             max_choices=MAX_PICKS, label="LoRAs", elem_id=f"{task}-lora-pick"),
                 label="lora_pick", info="lora_pick_info",
             )
-            self.cards = [self._card(translator, i) for i in range(MAX_SLOTS)]
-            self.more = gr.Markdown("", visible=False)
+            self.cards = [self._card(translator, i) for i in range(MAX_PICKS)]
             self.text = translator.bind(
                 gr.Textbox("", label="LoRAs", max_lines=3, elem_id=f"{task}-lora-text"),
                 label="lora_text", info="lora_text_info",
@@ -278,6 +285,8 @@ class LoraPicker:
             with translator.bind(gr.Accordion("Not usable", open=False, visible=library.listed_apart,
                                               elem_id=f"{task}-lora-unusable"), label="lora_unusable") as self.apart:
                 self.unusable = gr.Markdown(library.unusable_list("en"))
+            # in the page (hidden), so its change follows the values the browser shows, in the order it got them
+            self.drawn = gr.Textbox(drawn_key(model_id, "en", ""), visible="hidden", elem_id=f"{task}-lora-drawn")
 
     def _card(self, translator: Translator, index: int) -> Card:
         prefix = f"{self.task}-lora-{index}"
@@ -303,8 +312,8 @@ class LoraPicker:
     # --- drawing from the text ----------------------------------------------------------------------------
 
     def _view_outputs(self) -> list:
-        return [self.note, self.pick, self.more, self.apart, self.unusable,
-                *[c for card in self.cards for c in card.outputs()]]
+        return [self.note, self.pick, self.apart, self.unusable, *[c for card in self.cards for c in card.outputs()],
+                self.drawn]
 
     def view(self, model_id: str, text: str, lang: str, refresh_choices: bool = True) -> list:
         """Every output of the picker drawn from ``text`` for ``model_id`` (one look at the folder)."""
@@ -326,9 +335,10 @@ class LoraPicker:
             pick = gr.update(choices=choices, value=names[:MAX_PICKS])
         else:
             pick = gr.update(value=names[:MAX_PICKS])
-        extra = max(0, len(names) - MAX_SLOTS)
-        values = [note, pick, gr.update(value=t(lang, "lora_more", count=extra), visible=bool(extra)),
-                  gr.update(visible=library.listed_apart), library.unusable_list(lang)]
+        if len(names) > MAX_PICKS:  # cards for the first ones; the job refuses the text as it is
+            note += "\n\n" + t(lang, "lora_bad_text", error=t(lang, "err_lora_too_many", count=len(names),
+                                                              limit=MAX_PICKS))
+        values = [note, pick, gr.update(visible=library.listed_apart), library.unusable_list(lang)]
         for index, card in enumerate(self.cards):
             if picks is None:
                 values += [gr.skip()] * len(card.outputs())
@@ -336,7 +346,7 @@ class LoraPicker:
                 values += self._card_values(lang, library, model_id, *picks[index])
             else:
                 values += [gr.update(visible=False)] + [gr.skip()] * (len(card.outputs()) - 1)
-        return values
+        return [*values, drawn_key(model_id, lang, text)]
 
     def _card_values(self, lang, library: Library, model_id: str, name: str, strength: float) -> list:
         info = library.find(name)
@@ -367,6 +377,13 @@ class LoraPicker:
             opened = gr.update(open=True) if str(text or "").strip() else gr.skip()
             return [*values, opened]
 
+        def follow(model_id, text, drawn, lang):
+            """The hidden box changed: draw again only when the cards were drawn from other text, language or model."""
+            if drawn == drawn_key(model_id, lang, text):
+                return [gr.skip()] * len(outputs)
+            return self.view(model_id, text, lang)
+
+        self.drawn.change(follow, [model, self.text, self.drawn, lang_state], outputs, **quiet)
         model.change(full, [model, self.text, lang_state], outputs, **quiet)
         self.refresh.click(full, [model, self.text, lang_state], outputs, **quiet)
         self.text.change(after_text, [model, self.text, lang_state], [*outputs, self.accordion], **quiet)
