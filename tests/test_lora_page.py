@@ -342,9 +342,10 @@ def test_chinese_and_phone_pages_show_the_picker(lora_app, browser):
         page.goto(lora_app.url)
         expect(page.locator("#t2v-generate")).to_have_text("生成", timeout=20_000)
         page.locator("#t2v-loras > button").first.click()
-        page.locator("#t2v-lora-text textarea").fill(TWO)  # at once: the cards follow the text all the same
-        page.locator("#t2v-lora-text textarea").blur()
+        # typed before the switch to Chinese has redrawn the picker: test_cards_follow_text_typed_before_...
         expect(page.locator("#t2v-lora-note")).to_contain_text("个 LoRA 适用于", timeout=WAIT)
+        page.locator("#t2v-lora-text textarea").fill(TWO)
+        page.locator("#t2v-lora-text textarea").blur()
         expect(page.locator("#t2v-lora-1").first).to_contain_text("加速 LoRA", timeout=WAIT)
         expect(page.locator("#t2v-lora-0").first).to_contain_text("训练标签")
         page.locator("#t2v-lora-unusable > button").first.click()  # the reasons in Chinese, numbers kept

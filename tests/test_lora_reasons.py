@@ -203,3 +203,24 @@ def test_an_unknown_reason_stays_in_english_and_the_picker_uses_the_chinese():
     info = SimpleNamespace(reason="Not for Wan 2.1 T2V 1.3B: it holds no tensors.", fits=(T2V,))
     assert unusable_reason("zh", info) == "不适用于 Wan 2.1 T2V 1.3B：文件中没有张量。（适用于 Wan 2.1 T2V 1.3B）"
     assert unusable_reason("en", info) == "Not for Wan 2.1 T2V 1.3B: it holds no tensors. (made for Wan 2.1 T2V 1.3B)"
+
+
+def test_the_jobs_refusal_says_why_in_chinese_too(lora_settings):
+    """``pipelines/loras/check.py`` refuses at submit with the same reasons; the page shows its error in the page's
+    language (``ui.i18n.error_text``), the reason inside too."""
+    from pipelines.families.catalogue import get_spec
+    from pipelines.loras.check import check_loras
+    from pipelines.studio.jobs import RequestError
+    from ui.i18n import error_text
+
+    folder = Path(lora_settings.loras_dir)
+    write_header(folder / "big.safetensors", lora("transformer.", "blocks.0.attn1.to_q", width=5120, out=5120))
+    (folder / "short.safetensors").write_bytes(b"\x10\x00")
+    for name, chinese in (("big", "LoRA big.safetensors 不能用于 Wan 2.1 T2V 1.3B：不适用于 Wan 2.1 T2V 1.3B：它的层"),
+                          ("short", "LoRA short.safetensors 不能用于 Wan 2.1 T2V 1.3B：文件只有 2 字节")):
+        with pytest.raises(RequestError) as caught:
+            check_loras(f"{name}:1", get_spec(T2V), lora_settings)
+        error = caught.value
+        assert error_text("zh", error.key, error.params, str(error)).startswith(chinese), str(error)
+        assert error_text("en", error.key, error.params, str(error)) == str(error)
+    assert_chinese("not with --fp8 weight storage yet; start without --fp8 to use them.")  # check.py with --fp8

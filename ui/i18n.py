@@ -339,6 +339,10 @@ def error_text(lang: str, key: str, params: dict, fallback: str) -> str:
     """A user-facing error in ``lang`` when the key is known, else the original English message."""
     full_key = f"err_{key}"
     if key and full_key in STRINGS["en"]:
+        if key.startswith("lora_") and params.get("why"):  # the LoRA rules' English reason, in the page's language
+            from .strings_lora_reasons import reason_text
+
+            params = {**params, "why": reason_text(normalise_language(lang), str(params["why"]))}
         try:
             return STRINGS[normalise_language(lang)][full_key].format(**params)
         except (KeyError, ValueError, IndexError):

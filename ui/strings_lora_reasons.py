@@ -33,12 +33,14 @@ _PATTERNS: tuple[tuple[str, str], ...] = (
     (r"Not for (?P<model>.+?): (?P<why>.+)", "不适用于 {model}：{why}"),
     (r"(?P<model>.+?) cannot take LoRAs here: (?P<why>.+)", "{model} 在这里不能使用 LoRA：{why}"),
     (r"no model of the catalogue takes LoRAs\.", "目录中没有能使用 LoRA 的模型。"),
-    # why a family takes none (its LORA_SUPPORT; pipelines/loras/check.py's default)
+    # why a family takes none (its LORA_SUPPORT; pipelines/loras/check.py's default and --fp8)
     (r"diffusers' I2VGenXLPipeline has no LoRA loader\.", "diffusers 的 I2VGenXLPipeline 没有 LoRA 加载器。"),
     (r"its LoRA loader \((?P<loader>\w+)\) is not wired to the LoRA folder yet; only the distilled LoRA of its "
      r"catalogue entries is used\.",
      "它的 LoRA 加载器（{loader}）尚未接入 LoRA 文件夹；只使用其目录条目自带的蒸馏 LoRA。"),
     (r"it has no LoRA rules\.", "它没有 LoRA 规则。"),
+    (r"not with --fp8 weight storage yet; start without --fp8 to use them\.",
+     "暂不支持 --fp8 权重存储；请不带 --fp8 启动后再使用。"),
     # the families' rules (wan_lora.check, ltx2_lora.check): {family} is "Wan" or "LTX-2"
     (r"it has text-encoder layers \((?P<key>.+)\); (?P<family>[\w.-]+) LoRAs here change the transformer only\.",
      "它含有文本编码器的层（{key}）；这里的 {family} LoRA 只改动 transformer。"),
