@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Install what the tests need (into .venv, created on first run) and run the whole suite.
 # Extra arguments go to pytest, e.g.  bash scripts/test.sh -k t2v -x
+# Two test processes by default (pytest-xdist; a file's tests stay in one process): CINESCRIBE_TEST_WORKERS=N
+# sets how many, 0 runs in this process; an -n of your own wins.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,5 +22,11 @@ echo "[test] installing requirements (and Ray, optional for the app, for tests/t
 "$VPY" -m pip install --disable-pip-version-check -q -r requirements.txt -r requirements-dev.txt \
   -r requirements-cluster.txt -c constraints-ci.txt
 
-echo "[test] running pytest"
-exec "$VPY" -m pytest "$@"
+WORKERS=${CINESCRIBE_TEST_WORKERS:-2}
+PARALLEL=()
+case " $* " in
+  *" -n "*|*" -n="*|*" --numprocesses"*|*" -p no:xdist "*) ;;
+  *) if [ "$WORKERS" != "0" ]; then PARALLEL=(-n "$WORKERS" --dist loadgroup); fi ;;
+esac
+echo "[test] running pytest${PARALLEL[*]:+ (${PARALLEL[*]})}"
+exec "$VPY" -m pytest "${PARALLEL[@]}" "$@"

@@ -15,6 +15,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # one thread per test process (and the apps it starts): no oversubscription
+    for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_name, "1")
+
+
+def pytest_collection_modifyitems(config, items):
+    """With ``-n``: a file's tests stay in one process (module fixtures: one served app, one browser), and the
+    Wine files share one process (one Wine prefix)."""
+    for item in items:
+        group = "wine" if item.path.name.startswith("test_launchers_wine") else item.path.name
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(scope="session")

@@ -172,6 +172,8 @@ def check(spec, shapes: dict[str, tuple[int, ...]], demo: bool) -> tuple[str, st
         return layout_of([k for k in keys if not k.startswith(TEXT_ENCODER_PREFIXES)]), (
             f"it has text-encoder layers ({first}); Wan LoRAs here change the transformer only.")
     layout = layout_of(keys)
+    if any(".transformer_blocks." in f".{k}" for k in keys):  # LTX-2's block names (and other DiTs'), never Wan's
+        return layout, "its layers are transformer_blocks.N (a LoRA for LTX-2 or another DiT), not Wan's blocks."
     if not layout:
         return "", f"its keys are in no LoRA layout Wan reads (first key: {keys[0] if keys else 'none'})."
     model = layers(spec, demo)
