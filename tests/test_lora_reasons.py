@@ -2,7 +2,7 @@
 Wan's rules (``pipelines/families/wan_lora.py``) and the LoRA library (``pipelines/loras/library.py``) give,
 read by the real scan; each reason must come out in Chinese with its numbers, names and keys carried over.
 A reason added to those modules without a file here (they are counted in their source) or without a Chinese
-pattern fails."""
+pattern fails. LTX-2's rules: ``tests/test_lora_reasons_ltx2.py``, with these helpers."""
 
 from __future__ import annotations
 

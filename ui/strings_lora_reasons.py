@@ -3,13 +3,14 @@
 say why in English sentences (``pipelines`` holds no translations); each sentence is matched here by a pattern
 whose named groups (sizes, keys, layers, model titles) are carried over into the Chinese one. A group called
 ``why`` is itself a reason, translated the same way; ``model`` is a catalogue title. A sentence no pattern knows
-stays in English (``tests/test_lora_reasons.py`` builds a file for each reason and fails on one without Chinese)."""
+stays in English (``tests/test_lora_reasons.py`` and ``test_lora_reasons_ltx2.py`` build a file for each reason
+and fail on one without Chinese)."""
 
 from __future__ import annotations
 
 import re
 
-DEMO_SIZE = (" (demo size)", "（演示尺寸）")  # what wan_lora.check adds to a title in --demo
+DEMO_SIZE = (" (demo size)", "（演示尺寸）")  # what wan_lora.check and ltx2_lora.check add to a title in --demo
 
 _PATTERNS: tuple[tuple[str, str], ...] = (
     # the library: files that are not whole safetensors files, and models that take no LoRAs
@@ -73,7 +74,7 @@ _PATTERNS: tuple[tuple[str, str], ...] = (
      r"(?P<model_in>\d+) \(made for another LTX model or size\?\)\.",
      "它的层 {layer} 为 {out} x {inner}，而 {model} 的是 {model_out} x {model_in}（为另一个 LTX 模型或规模制作？）。"),
     (r"its bias for (?P<layer>\S+) has (?P<values>\[.*?\]) values; (?P<model>.+)'s layer has (?P<has>\d+)\.",
-     "它 {layer} 的偏置形状为 {values}；{model} 的该层有 {has} 个值。"),
+     "它的层 {layer} 的偏置形状为 {values}，而 {model} 的该层有 {has} 个值。"),
     (r"it has no LoRA weights Wan takes \(only biases or norm differences\)\.",
      "它没有 Wan 能用的 LoRA 权重（只有偏置或归一化层的差值）。"),
 )

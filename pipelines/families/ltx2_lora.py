@@ -212,15 +212,12 @@ def check(spec, shapes: dict[str, tuple[int, ...]], demo: bool) -> tuple[str, st
     if wan:
         return "", f"it is a Wan LoRA (its key {wan} names a layer of Wan's blocks), not one for LTX-2."
     layout = layout_of(keys)
-    if not layout:
+    targets = [diffusers_layer(renamed(key, layout)) for key in keys] if layout else []
+    if not layout or None in targets:  # a key layout_of takes always names a layer: the second is a safeguard
         return "", f"its keys are in no LoRA layout LTX-2 reads (first key: {keys[0] if keys else 'none'})."
     model = layers(spec, demo)
     found: dict[str, dict[str, tuple]] = {}
-    for key in keys:
-        target = diffusers_layer(renamed(key, layout))
-        if target is None:
-            return layout, f"its key {key} names no layer of LTX-2's transformer."
-        layer, role = target
+    for key, (layer, role) in zip(keys, targets):
         found.setdefault(layer, {})[role] = tuple(shapes[key])
     blocks = sorted({int(m.group(1)) for layer in found if (m := re.match(r"transformer\.transformer_blocks\.(\d+)\.", layer))})
     model_blocks = sum(1 for name in model if re.fullmatch(r"transformer\.transformer_blocks\.\d+\.attn1\.to_q", name))
