@@ -10,7 +10,8 @@
 Files go to <data>/models/<org>--<name>/ (``--data-dir``, default ``data``), where the app finds them;
 an interrupted download resumes when started again; every file is checked against the source's
 sha256 before the model is installed (ModelScope's files come through the ``modelscope`` package's
-``snapshot_download``). The same code serves the page's Models tab (pipelines/studio/downloads.py).
+downloader, its own progress bars off: the one progress line is ours). The same code serves the page's
+Models tab (pipelines/studio/downloads.py).
 """
 
 from __future__ import annotations
@@ -88,14 +89,17 @@ def main(argv: list[str] | None = None) -> int:
             if args.delete:
                 print(f"{repo}: deleted, {downloads.gib(downloads.delete_model(repo, root))} freed")
                 continue
-            last = [0.0]
+            last: list = [0.0, None]  # when the line was drawn, the latest progress
 
             def show(p: downloads.Progress) -> None:
+                last[1] = p
                 if time.monotonic() - last[0] >= 0.5:
                     last[0] = time.monotonic()
                     print("\r" + progress_line(p), end="", file=sys.stderr, flush=True)
 
             folder = downloads.download_model(repo, root, revision=revision, source=args.source, on_progress=show)
+            if last[1] is not None:  # the line as it ended (it is drawn at most twice a second)
+                print("\r" + progress_line(last[1]), end="", file=sys.stderr, flush=True)
             found = downloads.find_downloaded(repo, root)
             print(f"\n{repo}: verified and installed in {folder} ({found[1] if found else ''})")
             if lora:

@@ -1,6 +1,7 @@
 """Model downloads against local servers on 127.0.0.1 that answer like the Hugging Face API (HF_ENDPOINT)
-and ModelScope's (MODELSCOPE_DOMAIN, what the ``modelscope`` client asks: the file list at a Revision, each
-file with a Range, its region probe): progress, resume after a dropped connection, checksum mismatch,
+and ModelScope's (MODELSCOPE_DOMAIN; the file list at a Revision as ModelScope answers it: ``LatestCommitter``
+with an empty ``Id`` and the head's ``ShortId``, each file's last commit in ``Revision``; each file with a
+Range, the modelscope client's region probe): progress, resume after a dropped connection, checksum mismatch,
 a full disk, a source that is down, delete. The repo is a tiny real Whisper saved with save_pretrained.
 ModelScope's own cases (its client fetches those files) are in test_downloads_modelscope.py."""
 
@@ -19,6 +20,9 @@ import pytest
 from pipelines.studio import downloads, model_sources
 
 REPO = "openai/whisper-small"
+MS_HEAD = "5d3a1f0e9c8b7a6f5e4d3c2b1a0f9e8d7c6b5a49"  # ModelScope master's head: it changed config.json
+MS_OLDER = "0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c"  # the commit that added the other files; tag v1.0.0
+MS_REFS = {"master": MS_HEAD, "v1.0.0": MS_OLDER}
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +44,7 @@ class Hub:
         self.files, self.drop_after, self.bad, self.down, self.ranges = files, None, set(), set(), []
         self.listings = 0  # Hugging Face file lists asked for
         self.ms_asked = []  # ModelScope: (path, query, Range) of each request
+        self.ms_refs = dict(MS_REFS)  # ModelScope's branches and tags: the commit each points at
         hub = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -62,9 +67,7 @@ class Hub:
                         {"rfilename": n, "size": len(d), "lfs": {"sha256": hub.sha(n), "size": len(d)}}
                         for n, d in hub.files.items()]})
                 if url.path.startswith("/api/v1/models/AI-ModelScope/whisper-small/repo/files"):
-                    return self.json({"Code": 200, "Data": {"Files": [
-                        {"Path": n, "Type": "blob", "Size": len(d), "Sha256": hub.sha(n)}
-                        for n, d in hub.files.items()]}})
+                    return self.json(hub.ms_files(query.get("Revision", "master")))
                 if url.path == "/api/v1/models/AI-ModelScope/whisper-small/repo" and "Revision" in query:
                     return self.blob(query["FilePath"])
                 prefix = f"/{REPO}/resolve/"
@@ -101,6 +104,17 @@ class Hub:
 
     def sha(self, name: str) -> str:
         return "0" * 64 if name in self.bad else hashlib.sha256(self.files[name]).hexdigest()
+
+    def ms_files(self, ref: str) -> dict:
+        """ModelScope's repo/files answer: ``LatestCommitter.Id`` empty, ``ShortId`` the head's first 8."""
+        head = self.ms_refs.get(ref, ref)
+        files = [{"Name": Path(n).name, "Path": n, "Type": "blob", "Size": len(d), "Sha256": self.sha(n),
+                  "IsLFS": n.endswith(".safetensors"), "Mode": "33188", "CommittedDate": 1735000000,
+                  "Revision": head if n == "config.json" else MS_OLDER} for n, d in self.files.items()]
+        return {"Code": 200, "Success": True, "Message": "success", "RequestId": "req-1", "Data": {
+            "Files": files, "IsVisual": 0, "LatestCommitter": {
+                "Id": "", "ShortId": head[:8], "Title": "update", "CommittedDate": 1735000000,
+                "ParentIds": [MS_OLDER[:8]] if head != MS_OLDER else []}}}
 
 
 @pytest.fixture
@@ -179,6 +193,18 @@ def test_modelscope_only_for_the_repos_it_carries(hub, tmp_path):
     assert model_sources.modelscope_name("Wan-AI/Wan2.1-T2V-1.3B-Diffusers") == "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
 
 
+def test_the_modelscope_commit_is_read_as_modelscope_gives_it():
+    """ModelScope's repo/files: LatestCommitter.Id is often empty; ShortId starts the head's full id, which is
+    the Revision of each file the head commit touched."""
+    files = [{"Path": "a", "Revision": MS_OLDER}, {"Path": "b", "Revision": MS_HEAD}]
+    short = {"Id": "", "ShortId": MS_HEAD[:8]}
+    assert model_sources.modelscope_commit({"Files": files, "LatestCommitter": short}, "master") == MS_HEAD
+    assert model_sources.modelscope_commit({"Files": files[:1], "LatestCommitter": short}, "master") == MS_HEAD[:8]
+    full = {"Id": MS_OLDER, "ShortId": MS_OLDER[:8]}
+    assert model_sources.modelscope_commit({"Files": files, "LatestCommitter": full}, "master") == MS_OLDER
+    assert model_sources.modelscope_commit({"Files": files, "LatestCommitter": None}, "v1.0.0") == "v1.0.0"
+
+
 def test_delete_refuses_a_model_in_use_and_frees_the_space(hub, tmp_path):
     downloads.download_model(REPO, tmp_path, source="huggingface")
     with pytest.raises(downloads.DownloadError, match="in use"):
@@ -204,7 +230,7 @@ def test_the_loader_finds_a_download_and_names_its_source(hub, tmp_path):
 
     downloads.download_model(REPO, tmp_path / "data" / "models", source="modelscope")
     folder, revision = resolve_source(CATALOGUE["whisper-small"], Settings(data_dir=tmp_path / "data"))
-    assert folder == tmp_path / "data" / "models" / "openai--whisper-small" and revision.startswith("modelscope@")
+    assert folder == tmp_path / "data" / "models" / "openai--whisper-small" and revision == f"modelscope@{MS_HEAD}"
 
 
 def test_download_models_cli_resumes_shows_progress_and_lists(hub, tmp_path, capsys):

@@ -4,10 +4,11 @@ A download lists the repo at its source (``model_sources.py``: Hugging Face, an 
 mirror, or ModelScope), refuses with numbers when the disk lacks the space, and fetches the files into
 ``models/.partial/<org>--<name>/``. Hugging Face's with our own HTTP code: ``*.part`` files resume with
 a Range request after a dropped connection or a restart, each is checked against the LFS sha256 (or the
-git blob id of small files). ModelScope's through the ``modelscope`` package's ``snapshot_download``
-(``modelscope_fetch.py``: its ``*.incomplete`` files resume the same way, it checks ModelScope's sha256).
-A file that fails its check is deleted and nothing is published; otherwise the folder moves to
-``models/<org>--<name>/`` with ``cinescribe-source.json`` (source, repo, revision), where
+git blob id of small files). ModelScope's through the ``modelscope`` package's downloader
+(``modelscope_fetch.py``: our listing's files; its ``*.incomplete`` files resume the same way, it checks
+them against the listing's sha256). A file that fails its check is deleted and nothing is published;
+otherwise the folder moves to ``models/<org>--<name>/`` with ``cinescribe-source.json`` (source, repo,
+``revision``: the listing's commit, ``ref``: the branch or tag asked for), where
 ``device/loading.py`` finds it (``find_downloaded``). ``DownloadManager`` runs downloads in background
 threads of the front process (never the GPU worker); ``download_model`` and ``delete_model`` are the
 plain functions an access check can wrap. ``SizeLookups`` tells a model's download size before it
@@ -62,7 +63,7 @@ def wanted(listing: Listing) -> Listing:
     skip = skipped_files([f.path for f in listing.files])
     keep = [f for f in listing.files if not any(fnmatch.fnmatch(f.path, pattern) for pattern in skip)
             and PurePosixPath(f.path).name not in (".gitattributes", "configuration.json")]
-    return Listing(listing.source, listing.repo_id, listing.revision, keep)
+    return Listing(listing.source, listing.repo_id, listing.revision, keep, ref=listing.ref)
 
 
 class DownloadError(RuntimeError):
@@ -224,7 +225,7 @@ def download_model(repo_id: str, root: Path, *, revision: str | None = None, sou
 
     if listing.source == "modelscope":
         try:
-            modelscope_fetch.fetch(repo_id, full, listing, partial, endpoint=model_sources.modelscope_endpoint(),
+            modelscope_fetch.fetch(repo_id, listing, partial, endpoint=model_sources.modelscope_endpoint(),
                                    tick=lambda path, n: tick(n, path), stop=stop)
         except modelscope_fetch.Stopped:
             raise DownloadError("stopped") from None
@@ -265,7 +266,7 @@ def _publish(repo_id: str, root: Path, partial: Path, listing: Listing) -> Path:
     (partial / (SIDECAR + ".pending")).unlink(missing_ok=True)
     (partial / SIDECAR).write_text(json.dumps({
         "repo_id": repo_id, "source": listing.source, "source_repo": listing.repo_id,
-        "revision": listing.revision, "files": len(listing.files), "bytes": listing.total,
+        "revision": listing.revision, "ref": listing.ref, "files": len(listing.files), "bytes": listing.total,
         "downloaded": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=2), encoding="utf-8")
     final = root / folder_name(repo_id)
     if final.exists():  # an older download of the same repo: replaced only now that the new one is whole

@@ -3,7 +3,7 @@
 Each source answers one question, ``listing(repo_id, revision)``: the commit it resolves to and
 its files with size, checksum and download URL. ``downloads.py`` does the rest (progress, resume,
 checks): Hugging Face's files with our own HTTP code, ModelScope's through the ``modelscope``
-package's ``snapshot_download`` (``modelscope_fetch.py``). Standard library only: no torch, no gradio,
+package's downloader (``modelscope_fetch.py``). Standard library only: no torch, no gradio,
 no hub client, so the Models tab's size look-ups and ``auto``'s fallback cost one request.
 """
 
@@ -134,8 +134,18 @@ def modelscope_listing(repo_id: str, revision: str | None) -> Listing:
         path = entry["Path"]
         url = f"{base}/api/v1/models/{name}/repo?" + urllib.parse.urlencode({"Revision": rev, "FilePath": path})
         files.append(RemoteFile(path, int(entry.get("Size", 0)), url, sha256=entry.get("Sha256") or None))
-    commit = data["Data"].get("LatestCommitter", {}).get("Id") or data["Data"].get("Revision") or rev
-    return Listing("modelscope", name, str(commit), files, ref=rev)
+    return Listing("modelscope", name, modelscope_commit(data["Data"], rev), files, ref=rev)
+
+
+def modelscope_commit(data: dict, ref: str) -> str:
+    """The commit a ``repo/files`` answer is from. Its ``LatestCommitter`` has ``Id`` (often empty) and
+    ``ShortId``; each file's ``Revision`` is the full id of the last commit that touched the file (what
+    modelscope's cache keeps as a file's commit): ``Id``, else the file ``Revision`` that ``ShortId``
+    begins, else ``ShortId``, else ``ref`` (the branch or tag asked for)."""
+    latest = data.get("LatestCommitter") or {}
+    short = str(latest.get("ShortId") or "")
+    revisions = [str(entry.get("Revision") or "") for entry in data.get("Files") or []]
+    return str(latest.get("Id") or next((r for r in revisions if short and r.startswith(short)), short) or ref)
 
 
 def listing(repo_id: str, revision: str | None, source: str = "auto") -> Listing:

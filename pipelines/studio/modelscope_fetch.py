@@ -1,21 +1,26 @@
-"""ModelScope's files, fetched by the ``modelscope`` package's own ``snapshot_download``.
+"""ModelScope's files, fetched by the ``modelscope`` package's downloader (``modelscope_hub``).
 
 ``downloads.download_model`` lists the repo itself (``model_sources``: sizes for the disk check and the
-Models tab, the commit for the sidecar, ``auto``'s fallback) and hands the fetch to ``fetch``. modelscope
-writes each file straight into our partial folder (``local_dir``) as ``<file>.incomplete`` while it comes,
-resumes it with an HTTP Range request after a dropped connection or a restart, checks it against
-ModelScope's sha256 and only then renames it; a file that fails the check is deleted. Its progress
-callbacks move our bytes, speed and ETA; Stop raises out of the callback, which ends the snapshot.
-modelscope gives each file an hour (``MODELSCOPE_DOWNLOAD_TOTAL_TIMEOUT``) and a few retries; a snapshot
-that ends early but got bytes is started again, and resumes where it stopped.
-Endpoint: ``model_sources.modelscope_endpoint()`` (``MODELSCOPE_ENDPOINT``, or ``MODELSCOPE_DOMAIN`` with
-``MODELSCOPE_URL_SCHEME``). modelscope's lock files go to ``<models>/.partial/.modelscope``, not the
-home folder. modelscope is imported only when a download starts (it imports torch when torch is installed).
+Models tab, the commit for the sidecar, ``auto``'s fallback) and hands that list to ``fetch``, which gives
+it to ``modelscope_hub.HubApi.download_repo`` as its ``file_list``: modelscope fetches exactly those files
+(no listing of its own) at the listing's branch or tag and checks each against the listing's sha256, so
+the commit the sidecar records is the one the files are from. It writes each file straight into our
+partial folder (``local_dir``) as ``<file>.incomplete`` while it comes, resumes it with an HTTP Range
+request after a dropped connection or a restart, and renames it only after the check; a file that fails
+the check is deleted. Its progress callbacks move our bytes, speed and ETA; Stop raises out of the
+callback, which ends the snapshot. modelscope gives each file an hour (``MODELSCOPE_DOWNLOAD_TOTAL_TIMEOUT``)
+and a few retries; a snapshot that ends early but got bytes is started again, and resumes where it stopped.
+modelscope's own tqdm bars and INFO lines are turned off (``quiet``): progress is ours to show; its
+warnings and errors still print (``MODELSCOPE_LOG_LEVEL``, when set, decides). Endpoint:
+``model_sources.modelscope_endpoint()``. Its lock files go to ``<models>/.partial/.modelscope``, not the
+home folder. ``modelscope_hub`` is imported only when a download starts, and not through the
+``modelscope`` package, whose import loads torch (about 1.5 s).
 """
 
 from __future__ import annotations
 
-import glob
+import logging
+import os
 import threading
 from pathlib import Path
 from typing import Callable
@@ -35,10 +40,9 @@ class FetchFailed(RuntimeError):
     """The snapshot ended with files missing; the message says which and why, for the user."""
 
 
-def ignore_patterns(full: Listing, kept: Listing) -> list[str]:
-    """The files of ``full`` that ``kept`` leaves out, as patterns that match each path only."""
-    keep = {f.path for f in kept.files}
-    return [glob.escape(f.path) for f in full.files if f.path not in keep]
+def file_list(kept: Listing) -> list[dict]:
+    """``kept``'s files as the ``repo/files`` entries modelscope's ``download_repo`` takes."""
+    return [{"Path": f.path, "Type": "blob", "Size": f.size, "Sha256": f.sha256} for f in kept.files]
 
 
 def resumable_bytes(folder: Path, listing: Listing) -> int:
@@ -51,14 +55,36 @@ def resumable_bytes(folder: Path, listing: Listing) -> int:
     return total
 
 
-def fetch(repo_id: str, full: Listing, kept: Listing, folder: Path, *, endpoint: str,
-          tick: Callable[[str, int], None], stop: threading.Event) -> None:
-    """Fetch ``kept``'s files of ``full.repo_id`` at ``kept.ref`` into ``folder``; ``tick(path, bytes)`` for
-    each block (negative when modelscope starts a file over). Raises ``Stopped`` or ``FetchFailed``."""
-    from modelscope.hub.callback import ProgressCallback
-    from modelscope.hub.errors import FileIntegrityError
-    from modelscope.hub.snapshot_download import snapshot_download
+def quiet() -> None:
+    """modelscope draws tqdm bars (files done, each file's bytes) whatever callbacks it is given, and has
+    no switch for them: its download module gets a tqdm that counts but draws nothing. Its INFO lines
+    ("Downloading 3 files from ...") go too, unless ``MODELSCOPE_LOG_LEVEL`` says otherwise."""
+    import modelscope_hub._download as hub_download
+    from tqdm.auto import tqdm
 
+    bar = getattr(hub_download, "tqdm", None)
+    if isinstance(bar, type) and issubclass(bar, tqdm) and not getattr(bar, "silent", False):
+        class Silent(bar):
+            silent = True
+
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, **{**kwargs, "disable": True})
+
+        hub_download.tqdm = Silent
+    if not os.environ.get("MODELSCOPE_LOG_LEVEL", "").strip():
+        logging.getLogger("modelscope_hub").setLevel(logging.WARNING)
+
+
+def fetch(repo_id: str, kept: Listing, folder: Path, *, endpoint: str,
+          tick: Callable[[str, int], None], stop: threading.Event) -> None:
+    """Fetch ``kept``'s files of ``kept.repo_id`` at ``kept.ref`` into ``folder``; ``tick(path, bytes)`` for
+    each block (negative when modelscope starts a file over). Raises ``Stopped`` or ``FetchFailed``."""
+    try:
+        from modelscope_hub import FileIntegrityError, HubApi, ProgressCallback
+    except ImportError as error:
+        raise FetchFailed(f"{repo_id}: ModelScope downloads need the modelscope package ({error}); "
+                          "install the requirements again (pip install -r requirements.txt)") from error
+    quiet()
     got = [0]  # bytes this attempt (net: a file started over counts back)
 
     class Report(ProgressCallback):  # one per file, called from modelscope's worker threads
@@ -69,15 +95,15 @@ def fetch(repo_id: str, full: Listing, kept: Listing, folder: Path, *, endpoint:
                 raise Stopped()
 
     folder = Path(folder)
+    api = HubApi(endpoint=endpoint, user_agent={"invoked_by": "cinescribe"})
     while True:  # again while an attempt gets bytes: modelscope gives a file one hour, retries included
         if stop.is_set():
             raise Stopped()
         got[0] = 0
         try:
-            snapshot_download(full.repo_id, revision=kept.ref or None, local_dir=str(folder),
-                              cache_dir=str(folder.parent / ".modelscope"), endpoint=endpoint,
-                              ignore_patterns=ignore_patterns(full, kept) or None, max_workers=WORKERS,
-                              progress_callbacks=[Report])
+            api.download_repo(kept.repo_id, "model", revision=kept.ref or None, local_dir=folder,
+                              cache_dir=folder.parent / ".modelscope", max_workers=WORKERS,
+                              progress_callbacks=[Report], file_list=file_list(kept))
             break
         except Stopped:
             raise
@@ -90,9 +116,9 @@ def fetch(repo_id: str, full: Listing, kept: Listing, folder: Path, *, endpoint:
             if got[0] > 0:
                 continue
             why = "; ".join(f"{path}: {reason}" for path, reason in failed.items()) or str(error)
-            raise FetchFailed(f"{repo_id}: modelscope could not fetch {full.repo_id} ({why}); "
+            raise FetchFailed(f"{repo_id}: modelscope could not fetch {kept.repo_id} ({why}); "
                               "start it again to resume") from error
     missing = [f.path for f in kept.files if not (folder / f.path).is_file()]
-    if missing:  # modelscope's own listing lacked them: the repo changed since ours
-        raise FetchFailed(f"{repo_id}: modelscope did not fetch {', '.join(missing[:5])} of {full.repo_id}; "
+    if missing:
+        raise FetchFailed(f"{repo_id}: modelscope did not fetch {', '.join(missing[:5])} of {kept.repo_id}; "
                           "start it again")
