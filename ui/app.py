@@ -28,6 +28,12 @@ CSS = """
 .cs-bar > div {height: 100%; background: var(--color-accent); transition: width 0.4s;}
 #cs-header {align-items: center;}
 .cs-hidden {display: none !important;}
+/* bad input at its field (ui/field_errors.py): a red line under it, the field outlined */
+.cs-field-msg {color: var(--error-text-color); font-size: var(--text-md);}
+.cs-field-msg [role="alert"] {padding: 4px 10px; border-left: 3px solid var(--error-border-color);
+  background: var(--error-background-fill); border-radius: 0 4px 4px 0;}
+.cs-field-error:is(.block, .accordion) {outline: 2px solid var(--error-border-color); outline-offset: -2px;}
+.cs-field-error :is(textarea, input[type="number"]) {border-color: var(--error-border-color) !important;}
 /* settings tables: the names in one line, the values take the rest */
 :is(#t2v-settings, #i2v-settings, #cs-system-table) :is(td, th):first-child {white-space: nowrap; width: 1%;}
 /* History: a clicked row is picked as a whole, not a cell opened for editing */

@@ -23,10 +23,11 @@ from pipelines.studio.paths import user_file
 from pipelines.families.catalogue import DEFAULT_MODEL, get_spec, models_for
 from pipelines.families.whisper_custom import NotAWhisper, custom_spec, list_custom
 
+from .field_errors import FieldError, FieldErrors, field_error
 from .i18n import Translator, error_text, request_language, t
 from .i18n import model_note as catalogue_note
 from .identity import cancel_handler, owner_of
-from .job_status import follow_job, page_twin
+from .job_status import follow_job
 
 
 logger = logging.getLogger(__name__)
@@ -114,6 +115,7 @@ def build_asr_tab(worker, settings, translator: Translator, lang_state: gr.State
     for problem in problems:
         logger.warning("Whisper models folder: %s", problem)
     default_model = DEFAULT_MODEL["asr"]
+    errors = FieldErrors("asr")  # bad input said under its field too
 
     with gr.Row():
         with gr.Column(scale=5):
@@ -125,6 +127,7 @@ def build_asr_tab(worker, settings, translator: Translator, lang_state: gr.State
                 gr.Audio(label=t("en", "asr_microphone"), sources=["microphone"], type="filepath", elem_id="asr-mic"),
                 label="asr_microphone",
             )
+            errors.place(files=(files, microphone))
             with gr.Row():
                 model = translator.bind(
                     gr.Dropdown([(s.title, s.id) for s in specs] + [(s.id, s.id) for s in own], value=default_model,
@@ -137,6 +140,7 @@ def build_asr_tab(worker, settings, translator: Translator, lang_state: gr.State
                                 allow_custom_value=True),  # the API also takes names: "cantonese", "English"
                     label="asr_language",
                 )
+            errors.place(model=model, language=language)
             with gr.Row():
                 task = translator.bind(
                     gr.Radio(task_choices("en"), value="transcribe", label=t("en", "asr_task"), elem_id="asr-task"),
@@ -219,7 +223,7 @@ def build_asr_tab(worker, settings, translator: Translator, lang_state: gr.State
             files = [user_file(f, settings, "audio file") for f in (files if isinstance(files, list) else [files])]
             microphone = user_file(microphone, settings, "recording")
         except RequestError as error:
-            raise gr.Error(error_text(lang, error.key, error.params, str(error)), print_exception=False)
+            raise field_error(error_text(lang, error.key, error.params, str(error)), error)
         paths = [str(f) for f in (files or []) if f]
         names = [Path(p).name for p in paths]
         if microphone:
@@ -235,7 +239,7 @@ def build_asr_tab(worker, settings, translator: Translator, lang_state: gr.State
             asr_request = validate_asr(asr_request, demo=demo, models_dir=settings.asr_models_dir)  # fail fast, before the queue
             job = worker.submit("asr", asr_request, owner=owner_of(request))
         except RequestError as error:
-            raise gr.Error(error_text(lang, error.key, error.params, str(error)), print_exception=False)
+            raise field_error(error_text(lang, error.key, error.params, str(error)), error)
         skip = gr.skip()
         yield _status(lang, job, worker.position(job)), job.id, "", "", None, skip
         for _ in follow_job(job, timeout=2.0):
@@ -244,7 +248,8 @@ def build_asr_tab(worker, settings, translator: Translator, lang_state: gr.State
             yield t(lang, "asr_status_cancelled"), "", skip, skip, skip, skip
             return
         if job.state == JobState.FAILED:
-            raise gr.Error(error_text(lang, job.error_key, job.error_params, job.error), print_exception=False)
+            raise FieldError(error_text(lang, job.error_key, job.error_params, job.error), job.error_key,
+                             job.error_params, job.error)
         result = job.result
         done = [entry for entry in result["files"] if entry["ok"]]
         failed = [entry for entry in result["files"] if not entry["ok"]]
@@ -274,7 +279,9 @@ def build_asr_tab(worker, settings, translator: Translator, lang_state: gr.State
     api_trigger = gr.Button(visible=False)
     api_trigger.click(run, inputs, outputs, api_name="asr", concurrency_limit=32, concurrency_id="asr-wait",
                       show_progress="minimal")  # handlers only wait on the GPU worker's queue (one job at a time)
-    ran = run_button.click(page_twin(run, len(outputs)), inputs, [*outputs, stop], api_visibility="private",
+    field_hooks = errors.wire(lang_state)
+    ran = run_button.click(errors.twin(run, len(outputs)), inputs, [*outputs, stop, errors.state],
+                           api_visibility="private",
                            concurrency_limit=32, concurrency_id="asr-wait", show_progress="hidden")
     if offer is not None:
         missing.follow(offer, ran, job_id, lang_state)
@@ -295,4 +302,5 @@ def build_asr_tab(worker, settings, translator: Translator, lang_state: gr.State
     return [
         (note_for, note_inputs, [note]),
         (relabel_choices, [lang_state, language, task, mode], [language, task, mode]),
+        *field_hooks,
     ]

@@ -149,7 +149,8 @@ def build_batch_tab(worker, settings, translator: Translator, lang_state: gr.Sta
                 check = translator.bind(gr.Button(t("en", "batch_check"), elem_id="batch-check"), value="batch_check")
                 queue = translator.bind(gr.Button(t("en", "batch_queue"), variant="primary", elem_id="batch-queue"),
                                         value="batch_queue")
-                stop = translator.bind(gr.Button(t("en", "batch_stop"), variant="stop", elem_id="batch-stop"), value="batch_stop")
+                stop = translator.bind(gr.Button(t("en", "batch_stop"), variant="stop", elem_id="batch-stop",
+                                                 interactive=False), value="batch_stop")  # armed while a batch runs
         with gr.Column(scale=6):
             status = gr.Markdown("", elem_id="batch-status")
             table = gr.Dataframe(value=check_table("en", batches.BatchPlan(task="t2v", rows=[])), interactive=False,
@@ -218,9 +219,9 @@ def build_batch_tab(worker, settings, translator: Translator, lang_state: gr.Sta
     check.click(page_twin(check_rows, 2, stop=False), inputs, [status, table], api_visibility="private",
                 show_progress="hidden")
 
-    def remember(run: batches.BatchRun, labels: list[str]) -> None:
+    def remember(run: batches.BatchRun, labels: list[str], session: str) -> None:
         with runs_lock:
-            runs[run.id] = (run, labels)
+            runs[run.id] = (run, labels, session)
             while len(runs) > KEPT_BATCHES:
                 runs.popitem(last=False)
 
@@ -248,7 +249,7 @@ def build_batch_tab(worker, settings, translator: Translator, lang_state: gr.Sta
         except RequestError as error:
             raise gr.Error(_error(lang, error), print_exception=False)
         labels = [batches.describe_row(plan.task, row.request)[0] for row in plan.rows]
-        remember(run, labels)
+        remember(run, labels, getattr(request, "session_hash", None) or "")
         yield progress_line(lang, run), jobs_table(lang, run, labels, worker), run.id, None
         while not run.wait(POLL_SECONDS * 4):
             yield progress_line(lang, run), jobs_table(lang, run, labels, worker), gr.skip(), gr.skip()
@@ -262,7 +263,23 @@ def build_batch_tab(worker, settings, translator: Translator, lang_state: gr.Sta
         concurrency_id="batch-wait",
         show_progress="minimal",
     )
-    queue.click(page_twin(queue_rows, 4, stop=False), inputs, [status, table, batch_id, files],
+
+    def busy(request, but: str = "") -> bool:
+        """Whether this page (its session) has another batch with jobs queued or running."""
+        session = getattr(request, "session_hash", None) or ""
+        with runs_lock:
+            return any(key != but and entry[2] == session and not entry[0].finished for key, entry in runs.items())
+
+    def queue_page(*args, request: gr.Request = None):
+        """The page's Queue: the status line says what is wrong; Stop all is armed while the batch runs."""
+        armed = False
+        for values in page_twin(queue_rows, 4, stop=False)(*args, request=request):
+            started = not armed and isinstance(values[2], str) and bool(values[2])  # the batch's id: it is queued
+            armed = armed or started
+            yield (*values, gr.update(interactive=True) if started else gr.skip())
+        yield (*[gr.skip()] * 4, gr.skip() if busy(request) else gr.update(interactive=False))
+
+    queue.click(queue_page, inputs, [status, table, batch_id, files, stop],
                 api_visibility="private", concurrency_limit=32, concurrency_id="batch-wait", show_progress="hidden")
 
     def stop_all(current_batch: str, lang: str, request: gr.Request) -> str:
@@ -279,7 +296,14 @@ def build_batch_tab(worker, settings, translator: Translator, lang_state: gr.Sta
             raise gr.Error(_error(lang, error), print_exception=False)
         return t(lang, "batch_stopped", batch=run.id, count=run.cancel(worker))
 
-    stop.click(stop_all, [batch_id, lang_state], [status], api_name="batch_cancel", queue=False)
+    def stop_page(current_batch: str, lang: str, request: gr.Request = None):
+        """The page's Stop all: Stop all is disabled again unless another batch of this page still runs."""
+        said = next(page_twin(stop_all, 1, stop=False)(current_batch, lang, request=request))
+        return (*said, gr.skip() if busy(request, but=current_batch or "") else gr.update(interactive=False))
+
+    api_stop = gr.Button(visible=False)
+    api_stop.click(stop_all, [batch_id, lang_state], [status], api_name="batch_cancel", queue=False)
+    stop.click(stop_page, [batch_id, lang_state], [status, stop], api_visibility="private", queue=False)
 
     def relabel(lang: str, task_name: str, policy_value: str, current_batch: str, shown=None, model_id=None):
         with runs_lock:

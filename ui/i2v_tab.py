@@ -15,6 +15,7 @@ from pipelines.studio.paths import user_file
 from pipelines.families.catalogue import DEFAULT_MODEL, family_of, get_spec, models_for
 from pipelines.families.spec import I2V_MAX_AREA
 
+from .field_errors import FieldError, FieldErrors, field_error
 from .i18n import Translator, error_text, request_language, t
 from .i18n import model_note as catalogue_note
 from .identity import cancel_handler, owner_of
@@ -107,6 +108,7 @@ def build_i2v_tab(worker, settings, translator: Translator, lang_state: gr.State
     start = preset_for(default_spec, default_spec.default_preset, demo)
     # Every resolution any model offers: the API takes any of them; validation names what a model lacks.
     all_resolutions = sorted({r for s in specs for r in resolutions_for(s, demo)}, key=lambda r: int(r[:-1]))
+    errors = FieldErrors("i2v", translate=_error_from)  # bad input said under its field too
 
     with gr.Row():
         with gr.Column(scale=5):
@@ -131,11 +133,13 @@ def build_i2v_tab(worker, settings, translator: Translator, lang_state: gr.State
                              elem_id="i2v-frame"),
                     label="i2v_frame",
                 )
+            errors.place(image=image)
             prompt = translator.bind(
                 gr.Textbox(label=t("en", "i2v_prompt"), lines=3, placeholder=t("en", "i2v_prompt_placeholder"),
                            elem_id="i2v-prompt"),
                 label="i2v_prompt", placeholder="i2v_prompt_placeholder",
             )
+            errors.place(prompt=prompt)
             with gr.Row():
                 generate = translator.bind(gr.Button("Generate", variant="primary", elem_id="i2v-generate"),
                                            value="generate")
@@ -158,6 +162,7 @@ def build_i2v_tab(worker, settings, translator: Translator, lang_state: gr.State
                              elem_id="i2v-fit"),
                     label="i2v_fit", info="i2v_fit_info",
                 )
+            errors.place(resolution=resolution, aspect=aspect, fit=fit)
             with gr.Row():
                 frames = translator.bind(
                     gr.Number(value=start.frames, precision=0, label="Number of frames", info=t("en", "i2v_frames_info")),
@@ -165,6 +170,7 @@ def build_i2v_tab(worker, settings, translator: Translator, lang_state: gr.State
                 )
                 duration = translator.bind(gr.Number(value=0, label="Duration", minimum=0, elem_id="i2v-duration"),
                                            label="duration", info="duration_info")
+            errors.place(frames=frames, duration=duration)
             start_note, _ = size_note("en", None, default_spec.id, start.resolution, "image", "crop", start.frames,
                                       default_spec.fps, demo)
             note = gr.Markdown(start_note, elem_id="i2v-size")
@@ -186,7 +192,9 @@ def build_i2v_tab(worker, settings, translator: Translator, lang_state: gr.State
                             elem_id="i2v-last-image", height=120),
                     label="i2v_last_image",
                 )
+                errors.place(last_frame=last_image)
             picker = LoraPicker(settings, translator, "i2v", default_spec.id)
+            errors.place(loras=(picker.text, picker.accordion))
             with translator.bind(gr.Accordion("Advanced settings", open=False), label="advanced"):
                 negative = translator.bind(
                     gr.Textbox(value=default_negative_prompt(default_spec), label="Negative prompt", lines=2),
@@ -311,7 +319,7 @@ def build_i2v_tab(worker, settings, translator: Translator, lang_state: gr.State
         try:  # no path from the API may leave the app's folders (Gradio already keeps them in its uploads)
             image_path, last_path = user_file(image_path, settings, "image"), user_file(last_path, settings, "last frame")
         except RequestError as error:
-            raise gr.Error(_error(lang, error), print_exception=False)
+            raise field_error(_error(lang, error), error)
         spec_id = model_id or DEFAULT_MODEL["i2v"]
         i2v_request = I2VRequest(
             image=image_path, last_image=last_path or None, prompt=prompt_text,
@@ -325,7 +333,7 @@ def build_i2v_tab(worker, settings, translator: Translator, lang_state: gr.State
             i2v_request = validate_i2v(i2v_request, demo=demo, settings=settings)  # fail fast (LoRAs too)
             job = worker.submit("i2v", i2v_request, owner=owner_of(request))
         except RequestError as error:
-            raise gr.Error(_error(lang, error), print_exception=False)
+            raise field_error(_error(lang, error), error)
         skip = gr.skip()
         yield job_status(lang, job, worker.position(job)), job.id, None, skip, skip, str(i2v_request.seed), skip
         for fresh in follow_job(job):
@@ -334,7 +342,8 @@ def build_i2v_tab(worker, settings, translator: Translator, lang_state: gr.State
             yield t(lang, "status_cancelled"), "", skip, skip, skip, skip, skip
             return
         if job.state == JobState.FAILED:
-            raise gr.Error(_error_from(lang, job.error_key, dict(job.error_params), job.error), print_exception=False)
+            raise FieldError(_error_from(lang, job.error_key, dict(job.error_params), job.error), job.error_key,
+                             job.error_params, job.error)
         result = job.result
         outputs = [c["video"] for c in result["clips"]] + [c["sidecar"] for c in result["clips"]] + [result["input"]]
         last = result["clips"][-1]
@@ -351,7 +360,9 @@ def build_i2v_tab(worker, settings, translator: Translator, lang_state: gr.State
     api_trigger = gr.Button(visible=False)
     api_trigger.click(run, inputs, outputs, api_name="i2v", concurrency_limit=32, concurrency_id="i2v-wait",
                       show_progress="minimal")  # handlers only wait on the GPU worker's queue (one job at a time)
-    generated = generate.click(page_twin(run, len(outputs)), inputs, [*outputs, stop], api_visibility="private",
+    field_hooks = errors.wire(lang_state)
+    generated = generate.click(errors.twin(run, len(outputs)), inputs, [*outputs, stop, errors.state],
+                               api_visibility="private",
                                concurrency_limit=32, concurrency_id="i2v-wait", show_progress="hidden")
     generated.then(refresh_recent, [recent], [recent], **private)
     if offer is not None:
@@ -381,4 +392,5 @@ def build_i2v_tab(worker, settings, translator: Translator, lang_state: gr.State
         (relabel_presets, [model, lang_state], [preset]),
         (settings_table, [recorded, lang_state], [table]),
         *lora_hooks,
+        *field_hooks,
     ]

@@ -13,10 +13,11 @@ from pipelines.families.catalogue import DEFAULT_MODEL, get_spec, models_for
 from pipelines.families.spec import ASPECT_RATIOS
 from pipelines.tasks.t2v import DEFAULT_NEGATIVE_PROMPT, T2VRequest, presets_for, resolutions_for, validate_t2v
 
+from .field_errors import FieldError, FieldErrors, field_error
 from .i18n import Translator, error_text, request_language, t
 from .i18n import model_note as catalogue_note
 from .identity import cancel_handler, owner_of
-from .job_status import done_message, follow_job, job_status, page_twin
+from .job_status import done_message, follow_job, job_status
 from .lora_picker import LoraPicker
 from .settings_view import settings_table
 
@@ -65,6 +66,7 @@ def build_t2v_tab(worker, settings, translator: Translator, lang_state: gr.State
     start = _preset_values(default_spec, default_spec.default_preset, demo)
     # Every resolution any model offers: the API takes any of them; validation names what a model lacks.
     all_resolutions = sorted({r for s in specs for r in resolutions_for(s, demo)}, key=lambda r: int(r[:-1]))
+    errors = FieldErrors("t2v")  # bad input said under its field too
 
     with gr.Row():
         with gr.Column(scale=5):
@@ -82,6 +84,7 @@ def build_t2v_tab(worker, settings, translator: Translator, lang_state: gr.State
                 gr.Textbox(label="Prompt", lines=3, placeholder=t("en", "prompt_placeholder"), elem_id="t2v-prompt"),
                 label="prompt", placeholder="prompt_placeholder",
             )
+            errors.place(prompt=prompt)
             with gr.Row():
                 generate = translator.bind(gr.Button("Generate", variant="primary", elem_id="t2v-generate"), value="generate")
                 stop = translator.bind(gr.Button("Stop", variant="stop", elem_id="t2v-stop", interactive=False), value="stop")
@@ -93,15 +96,19 @@ def build_t2v_tab(worker, settings, translator: Translator, lang_state: gr.State
                     label="resolution",
                 )
                 aspect = translator.bind(gr.Radio(list(ASPECT_RATIOS), value="16:9", label="Aspect ratio"), label="aspect")
+            errors.place(resolution=resolution, aspect=aspect)
             with gr.Row():
                 frames = translator.bind(
-                    gr.Number(value=start["frames"], precision=0, label="Number of frames", info=t("en", "frames_info")),
+                    gr.Number(value=start["frames"], precision=0, label="Number of frames", info=t("en", "frames_info"),
+                              elem_id="t2v-frames"),
                     label="frames", info="frames_info",
                 )
                 duration = translator.bind(gr.Number(value=0, label="Duration", minimum=0, elem_id="t2v-duration"),
                                            label="duration", info="duration_info")
+            errors.place(frames=frames, duration=duration)
             note = gr.Markdown(elem_id="t2v-size-note", value=size_note("en", default_spec.id, start["resolution"], "16:9", start["frames"], default_spec.fps, demo))
             picker = LoraPicker(settings, translator, "t2v", default_spec.id)
+            errors.place(loras=(picker.text, picker.accordion))
             with translator.bind(gr.Accordion("Advanced settings", open=False), label="advanced"):
                 negative = translator.bind(gr.Textbox(value=DEFAULT_NEGATIVE_PROMPT, label="Negative prompt", lines=2),
                                            label="negative_prompt", info="negative_info")
@@ -188,7 +195,7 @@ def build_t2v_tab(worker, settings, translator: Translator, lang_state: gr.State
             t2v_request = validate_t2v(t2v_request, demo=demo, settings=settings)  # fail fast (LoRAs too)
             job = worker.submit("t2v", t2v_request, owner=owner_of(request))
         except RequestError as error:
-            raise gr.Error(error_text(lang, error.key, error.params, str(error)), print_exception=False)
+            raise field_error(error_text(lang, error.key, error.params, str(error)), error)
         skip = gr.skip()
         yield job_status(lang, job, worker.position(job)), job.id, None, skip, skip, str(t2v_request.seed), skip
         for fresh in follow_job(job):
@@ -197,7 +204,8 @@ def build_t2v_tab(worker, settings, translator: Translator, lang_state: gr.State
             yield t(lang, "status_cancelled"), "", skip, skip, skip, skip, skip
             return
         if job.state == JobState.FAILED:
-            raise gr.Error(error_text(lang, job.error_key, job.error_params, job.error), print_exception=False)
+            raise FieldError(error_text(lang, job.error_key, job.error_params, job.error), job.error_key,
+                             job.error_params, job.error)
         result = job.result
         outputs = [c["video"] for c in result["clips"]] + [c["sidecar"] for c in result["clips"]]
         last = result["clips"][-1]
@@ -214,7 +222,9 @@ def build_t2v_tab(worker, settings, translator: Translator, lang_state: gr.State
     api_trigger = gr.Button(visible=False)
     api_trigger.click(run, inputs, outputs, api_name="t2v", concurrency_limit=32, concurrency_id="t2v-wait",
                       show_progress="minimal")  # handlers only wait on the GPU worker's queue (one job at a time)
-    generated = generate.click(page_twin(run, len(outputs)), inputs, [*outputs, stop], api_visibility="private",
+    field_hooks = errors.wire(lang_state)
+    generated = generate.click(errors.twin(run, len(outputs)), inputs, [*outputs, stop, errors.state],
+                               api_visibility="private",
                                concurrency_limit=32, concurrency_id="t2v-wait", show_progress="hidden")
     if offer is not None:
         missing.follow(offer, generated, job_id, lang_state)
@@ -230,4 +240,4 @@ def build_t2v_tab(worker, settings, translator: Translator, lang_state: gr.State
         return gr.update(choices=preset_choices(lang, presets_for(get_spec(model_id), demo)))
 
     return [(note_for, note_inputs, [note]), (relabel_presets, [model, lang_state], [preset]),
-            (settings_table, [recorded, lang_state], [table]), *lora_hooks]
+            (settings_table, [recorded, lang_state], [table]), *lora_hooks, *field_hooks]
