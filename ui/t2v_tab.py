@@ -47,7 +47,9 @@ def size_note(lang: str, model_id: str, resolution: str, aspect: str, frames, fp
             T2VRequest(prompt="x", model=model_id, resolution=resolution, aspect=aspect, frames=frames, fps=fps,
                        duration_s=duration or None), demo=demo
         )
-    except (RequestError, ValueError) as error:
+    except RequestError as error:  # in the reader's language, as the line under the field says it
+        return f"⚠ {error_text(lang, error.key, error.params, str(error))}"
+    except ValueError as error:
         return f"⚠ {error}"
     text = t(lang, "size_note", width=checked.width, height=checked.height, frames=checked.frames,
              seconds=checked.frames / checked.fps, fps=checked.fps)
