@@ -5,6 +5,9 @@ API sees the plain error. On the page, ``FieldErrors.twin`` writes the message b
 (``job_status.page_twin``) and puts the error into a per-session ``gr.State``; that state's ``change``
 shows the line under the field (``role="alert"``) and gives the field the ``cs-field-error`` class. The
 next submit, or a change of that field, clears it. The line is translated again on a language switch.
+
+Not Gradio 6.31's ``validator=`` / ``gr.validate``: that is a second check run before the event, blind to what
+only submit finds (the LoRA files, in ``loras.check``), and it leaves the line by Generate unwritten.
 """
 
 from __future__ import annotations
