@@ -87,8 +87,47 @@ def test_field_error_in_chinese_follows_the_language_switch(browser, served_app)
         shoot(page, "field-error-zh")
         switch(page, "English", "Generate")
         expect(line).to_contain_text("Write a prompt: it is empty.", timeout=10_000)  # said again in English
+        expect(page.locator("#t2v-status")).to_contain_text("⚠ Write a prompt: it is empty.")  # by Generate too
         switch(page, "简体中文", "生成")
         expect(line).to_contain_text("请填写提示词", timeout=10_000)
+        expect(page.locator("#t2v-status")).to_contain_text("⚠ 请填写提示词")
+    finally:
+        context.close()
+
+
+def test_the_status_line_follows_the_language_switch_and_typing_sends_no_clear(browser, served_app):
+    context, page = open_page(browser, served_app, "en-US", "Generate")
+    try:
+        posts = []
+        page.on("request", lambda r: posts.append(r) if "/gradio_api/" in r.url and r.method == "POST" else None)
+        page.locator("#t2v-prompt textarea").press_sequentially("a kite", delay=20)  # no error shown
+        switch(page, "简体中文", "生成")
+        assert posts and '"zh"' in (posts[0].post_data or ""), [r.post_data for r in posts]  # the switch came first
+        switch(page, "English", "Generate")
+
+        line, status = page.locator("#t2v-prompt-error"), page.locator("#t2v-status")
+        page.locator("#t2v-prompt textarea").fill("")
+        page.locator("#t2v-generate").click()
+        expect(line).to_contain_text("Write a prompt: it is empty.", timeout=10_000)
+        page.locator("#t2v-prompt textarea").fill("a kite over a hill")  # cleared in the browser
+        expect(line).to_be_hidden(timeout=10_000)
+        assert not marked(page, "t2v-prompt")
+        switch(page, "简体中文", "生成")
+        expect(status).to_contain_text("⚠ 请填写提示词", timeout=10_000)  # the refusal, said again
+        expect(line).to_be_hidden()  # the cleared line stays cleared
+        page.locator("#t2v-prompt textarea").fill("")  # the same refusal again is shown again
+        page.locator("#t2v-generate").click()
+        expect(line).to_contain_text("请填写提示词", timeout=10_000)
+        page.locator("#t2v-prompt textarea").fill("a kite over a hill")
+        expect(line).to_be_hidden(timeout=10_000)
+
+        page.locator("#t2v-generate").click()  # a demo clip: seconds
+        expect(status).to_contain_text("完成：1 个视频", timeout=60_000)
+        switch(page, "English", "Generate")
+        expect(status).to_contain_text("Done: 1 clip(s) in", timeout=10_000)
+        expect(status).not_to_contain_text("完成")
+        switch(page, "简体中文", "生成")
+        expect(status).to_contain_text("完成：1 个视频", timeout=10_000)
     finally:
         context.close()
 

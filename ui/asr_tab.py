@@ -27,7 +27,7 @@ from .field_errors import FieldError, FieldErrors, field_error
 from .i18n import Translator, error_text, request_language, t
 from .i18n import model_note as catalogue_note
 from .identity import cancel_handler, owner_of
-from .job_status import follow_job
+from .job_status import follow_job, redraw, said, tr
 
 
 logger = logging.getLogger(__name__)
@@ -71,14 +71,22 @@ def model_note(lang: str, model_id: str, task: str, demo: bool, models_dir: str 
     return "\n\n".join(parts)
 
 
+def _running(lang: str, stage: str, **params) -> str:
+    return t(lang, "asr_status_running", stage=t(lang, f"stage_{stage}") if stage else "", **params)
+
+
+def _lines(parts: list, bullet: str = "") -> list:
+    """``parts`` one a line, each after ``bullet``."""
+    return [piece for i, part in enumerate(parts) for piece in ("\n" if i else "", bullet, part) if piece]
+
+
 def _status(lang: str, job, position: int) -> str:
     if job.state == JobState.QUEUED:
-        return t(lang, "asr_status_queued", position=position)
+        return said(lang, tr("asr_status_queued", position=position))
     p = job.progress
     if p.stage == "load":
-        return t(lang, "asr_status_loading")
-    stage = t(lang, f"stage_{p.stage}") if p.stage else ""
-    return t(lang, "asr_status_running", file=p.clip, files=p.clips, stage=stage, step=p.step, total=p.total)
+        return said(lang, tr("asr_status_loading"))
+    return said(lang, (_running, (p.stage,), dict(file=p.clip, files=p.clips, step=p.step, total=p.total)))
 
 
 def _language_lines(lang: str, files: list[dict], requested: str) -> str:
@@ -245,7 +253,7 @@ def build_asr_tab(worker, settings, translator: Translator, lang_state: gr.State
         for _ in follow_job(job, timeout=2.0):
             yield _status(lang, job, worker.position(job)), skip, skip, skip, skip, skip
         if job.state == JobState.CANCELLED:
-            yield t(lang, "asr_status_cancelled"), "", skip, skip, skip, skip
+            yield said(lang, tr("asr_status_cancelled")), "", skip, skip, skip, skip
             return
         if job.state == JobState.FAILED:
             raise FieldError(error_text(lang, job.error_key, job.error_params, job.error), job.error_key,
@@ -253,20 +261,23 @@ def build_asr_tab(worker, settings, translator: Translator, lang_state: gr.State
         result = job.result
         done = [entry for entry in result["files"] if entry["ok"]]
         failed = [entry for entry in result["files"] if not entry["ok"]]
-        failures = [error_text(lang, e["error_key"], e["error_params"], e["error"]) for e in failed]
+        failures = [(error_text, (e["error_key"], e["error_params"], e["error"]), {}) for e in failed]  # said again
         if not done:
-            raise gr.Error("\n".join(failures), print_exception=False)
+            error = gr.Error(said(lang, *_lines(failures)), print_exception=False)
+            error.parts = _lines(failures)
+            raise error
         outputs = [path for entry in done for path in entry["files"].values()]
         if result.get("zip"):
             outputs.append(result["zip"])
         folder = str(Path(done[-1]["files"]["json"]).parent)
-        message = t(lang, "asr_status_done", ok=len(done), count=len(result["files"]),
-                    seconds=(job.finished or time.time()) - (job.started or job.created), folder=folder)
+        parts = [tr("asr_status_done", ok=len(done), count=len(result["files"]),
+                    seconds=(job.finished or time.time()) - (job.started or job.created), folder=folder)]
         if failures:
-            message += "\n\n" + t(lang, "asr_status_failed_files") + "\n" + "\n".join(f"- {f}" for f in failures)
+            parts += ["\n\n", tr("asr_status_failed_files"), "\n", *_lines(failures, "- ")]
         notes = [n for n in result.get("notes", [])] + [n for e in done for n in e.get("notes", [])]
         if notes:
-            message += "\n\n" + "\n".join(f"- {n}" for n in notes)
+            parts.append("\n\n" + "\n".join(f"- {n}" for n in notes))
+        message = said(lang, *parts)
         sidecar = json.loads(Path(done[-1]["files"]["json"]).read_text(encoding="utf-8"))
         sidecar.pop("segments", None)  # the transcript is shown above; keep the settings readable
         yield (message, "", _language_lines(lang, result["files"], asr_request.language), _transcript(result["files"]),
@@ -280,7 +291,8 @@ def build_asr_tab(worker, settings, translator: Translator, lang_state: gr.State
     api_trigger.click(run, inputs, outputs, api_name="asr", concurrency_limit=32, concurrency_id="asr-wait",
                       show_progress="minimal")  # handlers only wait on the GPU worker's queue (one job at a time)
     field_hooks = errors.wire(lang_state)
-    ran = run_button.click(errors.twin(run, len(outputs)), inputs, [*outputs, stop, errors.state],
+    shown_status = gr.State(None)  # the status line's parts: said again on a language switch
+    ran = run_button.click(errors.twin(run, len(outputs), keep=True), inputs, [*outputs, stop, shown_status, errors.state],
                            api_visibility="private",
                            concurrency_limit=32, concurrency_id="asr-wait", show_progress="hidden")
     if offer is not None:
@@ -303,4 +315,5 @@ def build_asr_tab(worker, settings, translator: Translator, lang_state: gr.State
         (note_for, note_inputs, [note]),
         (relabel_choices, [lang_state, language, task, mode], [language, task, mode]),
         *field_hooks,
+        (redraw, [shown_status, lang_state], [status]),
     ]

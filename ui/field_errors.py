@@ -6,6 +6,10 @@ API sees the plain error. On the page, ``FieldErrors.twin`` writes the message b
 shows the line under the field (``role="alert"``) and gives the field the ``cs-field-error`` class. The
 next submit, or a change of that field, clears it. The line is translated again on a language switch.
 
+A change of the field clears its line in the browser alone (an event with ``fn=None`` and ``js=``): no request, and
+nothing at all when that field's line is not shown. The state keeps the error until the next submit, so the
+language hook says a line again only while the browser still shows it (the line's value is an input).
+
 Not Gradio 6.31's ``validator=`` / ``gr.validate``: that is a second check run before the event, blind to what
 only submit finds (the LoRA files, in ``loras.check``), and it leaves the line by Generate unwritten.
 """
@@ -14,6 +18,8 @@ from __future__ import annotations
 
 import html
 import inspect
+import json
+import uuid
 
 import gradio as gr
 
@@ -60,8 +66,17 @@ def field_error(message: str, error) -> FieldError:
     return FieldError(message, getattr(error, "key", ""), getattr(error, "params", {}), str(error))
 
 
-def line_html(message: str) -> str:
-    return f'<div role="alert">⚠ {html.escape(message)}</div>'
+def line_html(message: str, field: str = "") -> str:
+    return f'<div role="alert" data-field="{html.escape(field)}">⚠ {html.escape(message)}</div>'
+
+
+# The field changed: when its line is shown, hide it and take the outline off, in the browser only.
+CLEAR_JS = """() => {
+  const line = document.getElementById(%(line)s);
+  if (!line || !line.querySelector('[data-field=' + JSON.stringify(%(field)s) + ']')) return [];
+  return [{__type__: "update", visible: false, value: ""},
+          ...%(classes)s.map((c) => ({__type__: "update", elem_classes: c}))];
+}"""
 
 
 class FieldErrors:
@@ -102,7 +117,7 @@ class FieldErrors:
         message = ""
         if at is not None:
             message = self.translate(normalise_language(lang), shown["key"], dict(shown["params"]), shown["fallback"])
-        lines = [gr.update(value=line_html(message), visible=True) if i == at else gr.update(visible=False, value="")
+        lines = [gr.update(value=line_html(message, field), visible=True) if i == at else gr.update(visible=False, value="")
                  for i in range(len(self.lines))]
         marks = []
         for name, (_, comps) in self.fields.items():
@@ -110,26 +125,27 @@ class FieldErrors:
                 marks.append(gr.update(elem_classes=self._classes(component, name == field)))
         return [*lines, *marks]
 
+    def relabel(self, shown, lang: str, *shown_lines) -> list:
+        """The language hook: ``render`` again, unless the browser has already cleared that line (value "")."""
+        at = self.fields.get((shown or {}).get("field"), (None,))[0]
+        return self.render(shown if at is not None and shown_lines[at] else None, lang)
+
     def wire(self, lang_state) -> list:
         """The state and its listeners; returns the language hook ``(fn, inputs, outputs)`` for the tab's list."""
         self.state = gr.State(None)
         quiet = dict(api_visibility="private", show_progress="hidden", queue=False)
         self.state.change(self.render, [self.state, lang_state], self.outputs(), **quiet)
         for name, (at, comps) in self.fields.items():
-            def fixed(shown, name=name, comps=comps):  # the field changed: its error goes (another field's stays)
-                if (shown or {}).get("field") != name:
-                    return [gr.skip()] * (2 + len(comps))
-                return [None, gr.update(visible=False, value=""), *[gr.update(elem_classes=self._classes(c, False))
-                                                                     for c in comps]]
-
-            # said here, not through the state's change: Gradio sends that only for queued events
+            js = CLEAR_JS % {"line": json.dumps(self.lines[at].elem_id), "field": json.dumps(name),
+                             "classes": json.dumps([self._classes(c, False) for c in comps])}
             for component in comps:
                 if hasattr(component, "change") and not isinstance(component, gr.Accordion):
-                    component.change(fixed, [self.state], [self.state, self.lines[at], *comps], **quiet)
-        return [(self.render, [self.state, lang_state], self.outputs())]
+                    component.change(None, None, [self.lines[at], *comps], js=js, **quiet)
+        return [(self.relabel, [self.state, lang_state, *self.lines], self.outputs())]
 
-    def twin(self, run, count: int, stop: bool = True):
-        """``page_twin(run, count, stop)`` plus the state as one more output: the error's field, or None."""
+    def twin(self, run, count: int, stop: bool = True, keep: bool = False):
+        """``page_twin(run, count, stop, keep=keep)`` plus the state as one more output: the error's field, or None.
+        A refusal's status line keeps its key, so it is said again in the new language on a switch."""
 
         def twin(*args, request: gr.Request = None):
             caught: list[FieldError] = []  # this call's own: calls of several sessions run at once
@@ -143,14 +159,17 @@ class FieldErrors:
                         yield result
                 except FieldError as error:
                     caught.append(error)
+                    if error.key and not getattr(error, "parts", None):
+                        error.parts = ((self.translate, (error.key, error.params, error.fallback), {}),)
                     raise
 
-            for index, values in enumerate(page_twin(watched, count, stop)(*args, request=request)):
+            for index, values in enumerate(page_twin(watched, count, stop, keep=keep)(*args, request=request)):
                 if caught:
                     error = caught.pop()
                     field = field_of(error.key, error.params)
-                    yield (*values, {"field": field, "key": error.key, "params": error.params,
-                                     "fallback": error.fallback} if field in self.fields else None)
+                    # "seen" makes each refusal a change of the state, even one equal to an error cleared in the browser
+                    yield (*values, {"field": field, "key": error.key, "params": error.params, "fallback": error.fallback,
+                                     "seen": uuid.uuid4().hex} if field in self.fields else None)
                 else:
                     yield (*values, None if index == 0 else gr.skip())
 

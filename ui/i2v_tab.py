@@ -19,7 +19,7 @@ from .field_errors import FieldError, FieldErrors, field_error
 from .i18n import Translator, error_text, request_language, t
 from .i18n import model_note as catalogue_note
 from .identity import cancel_handler, owner_of
-from .job_status import done_message, follow_job, job_status, page_twin
+from .job_status import done_message, follow_job, job_status, page_twin, redraw, said, tr
 from .lora_picker import LoraPicker
 from .settings_view import settings_table
 from .t2v_tab import preset_choices
@@ -339,7 +339,7 @@ def build_i2v_tab(worker, settings, translator: Translator, lang_state: gr.State
         for fresh in follow_job(job):
             yield job_status(lang, job, worker.position(job)), skip, skip if fresh is None else fresh, skip, skip, skip, skip
         if job.state == JobState.CANCELLED:
-            yield t(lang, "status_cancelled"), "", skip, skip, skip, skip, skip
+            yield said(lang, tr("status_cancelled")), "", skip, skip, skip, skip, skip
             return
         if job.state == JobState.FAILED:
             raise FieldError(_error_from(lang, job.error_key, dict(job.error_params), job.error), job.error_key,
@@ -348,9 +348,7 @@ def build_i2v_tab(worker, settings, translator: Translator, lang_state: gr.State
         outputs = [c["video"] for c in result["clips"]] + [c["sidecar"] for c in result["clips"]] + [result["input"]]
         last = result["clips"][-1]
         sidecar = Path(last["sidecar"]).read_text(encoding="utf-8")
-        message = done_message(lang, job, len(result["clips"]), str(Path(last["video"]).parent))
-        if result.get("notes"):
-            message += "\n\n" + "\n".join(f"- {n}" for n in result["notes"])
+        message = done_message(lang, job, len(result["clips"]), str(Path(last["video"]).parent), result.get("notes"))
         yield message, "", skip, last["video"], outputs, str(last["seed"]), sidecar
 
     inputs = [image, last_image, model, preset, prompt, negative, resolution, aspect, fit, frames, duration, steps,
@@ -361,7 +359,8 @@ def build_i2v_tab(worker, settings, translator: Translator, lang_state: gr.State
     api_trigger.click(run, inputs, outputs, api_name="i2v", concurrency_limit=32, concurrency_id="i2v-wait",
                       show_progress="minimal")  # handlers only wait on the GPU worker's queue (one job at a time)
     field_hooks = errors.wire(lang_state)
-    generated = generate.click(errors.twin(run, len(outputs)), inputs, [*outputs, stop, errors.state],
+    shown_status = gr.State(None)  # the status line's parts: said again on a language switch
+    generated = generate.click(errors.twin(run, len(outputs), keep=True), inputs, [*outputs, stop, shown_status, errors.state],
                                api_visibility="private",
                                concurrency_limit=32, concurrency_id="i2v-wait", show_progress="hidden")
     generated.then(refresh_recent, [recent], [recent], **private)
@@ -393,4 +392,5 @@ def build_i2v_tab(worker, settings, translator: Translator, lang_state: gr.State
         (settings_table, [recorded, lang_state], [table]),
         *lora_hooks,
         *field_hooks,
+        (redraw, [shown_status, lang_state], [status]),
     ]

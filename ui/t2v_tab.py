@@ -17,7 +17,7 @@ from .field_errors import FieldError, FieldErrors, field_error
 from .i18n import Translator, error_text, request_language, t
 from .i18n import model_note as catalogue_note
 from .identity import cancel_handler, owner_of
-from .job_status import done_message, follow_job, job_status
+from .job_status import done_message, follow_job, job_status, redraw, said, tr
 from .lora_picker import LoraPicker
 from .settings_view import settings_table
 
@@ -203,7 +203,7 @@ def build_t2v_tab(worker, settings, translator: Translator, lang_state: gr.State
         for fresh in follow_job(job):
             yield job_status(lang, job, worker.position(job)), skip, skip if fresh is None else fresh, skip, skip, skip, skip
         if job.state == JobState.CANCELLED:
-            yield t(lang, "status_cancelled"), "", skip, skip, skip, skip, skip
+            yield said(lang, tr("status_cancelled")), "", skip, skip, skip, skip, skip
             return
         if job.state == JobState.FAILED:
             raise FieldError(error_text(lang, job.error_key, job.error_params, job.error), job.error_key,
@@ -212,9 +212,7 @@ def build_t2v_tab(worker, settings, translator: Translator, lang_state: gr.State
         outputs = [c["video"] for c in result["clips"]] + [c["sidecar"] for c in result["clips"]]
         last = result["clips"][-1]
         sidecar = Path(last["sidecar"]).read_text(encoding="utf-8")
-        message = done_message(lang, job, len(result["clips"]), str(Path(last["video"]).parent))
-        if result.get("notes"):
-            message += "\n\n" + "\n".join(f"- {n}" for n in result["notes"])
+        message = done_message(lang, job, len(result["clips"]), str(Path(last["video"]).parent), result.get("notes"))
         yield message, "", skip, last["video"], outputs, str(last["seed"]), sidecar
 
     inputs = [model, preset, prompt, negative, resolution, aspect, frames, duration, steps, guidance, shift, seed, fps,
@@ -225,7 +223,8 @@ def build_t2v_tab(worker, settings, translator: Translator, lang_state: gr.State
     api_trigger.click(run, inputs, outputs, api_name="t2v", concurrency_limit=32, concurrency_id="t2v-wait",
                       show_progress="minimal")  # handlers only wait on the GPU worker's queue (one job at a time)
     field_hooks = errors.wire(lang_state)
-    generated = generate.click(errors.twin(run, len(outputs)), inputs, [*outputs, stop, errors.state],
+    shown_status = gr.State(None)  # the status line's parts: said again on a language switch
+    generated = generate.click(errors.twin(run, len(outputs), keep=True), inputs, [*outputs, stop, shown_status, errors.state],
                                api_visibility="private",
                                concurrency_limit=32, concurrency_id="t2v-wait", show_progress="hidden")
     if offer is not None:
@@ -242,4 +241,5 @@ def build_t2v_tab(worker, settings, translator: Translator, lang_state: gr.State
         return gr.update(choices=preset_choices(lang, presets_for(get_spec(model_id), demo)))
 
     return [(note_for, note_inputs, [note]), (relabel_presets, [model, lang_state], [preset]),
-            (settings_table, [recorded, lang_state], [table]), *lora_hooks, *field_hooks]
+            (settings_table, [recorded, lang_state], [table]), *lora_hooks, *field_hooks,
+            (redraw, [shown_status, lang_state], [status])]
