@@ -14,23 +14,15 @@ import urllib.request
 
 import pytest
 
-from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, VIEWPORT, _MISSING
+from tests.test_browser import VIEWPORT, _MISSING, browser  # noqa: F401 (browser: the module's one Chromium)
 from tests.test_page_browser import shoot, switch
 
 if not _MISSING:
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
 pytestmark = [pytest.mark.browser, pytest.mark.skipif(bool(_MISSING), reason=_MISSING or "-")]
 
 MARK = "cs-field-error"
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 def open_page(browser, served_app, locale: str, generate: str):

@@ -17,7 +17,7 @@ import pytest
 
 from tests.conftest import ROOT, start_app, stop_app
 from tests.lora_files import write_header
-from tests.test_browser import _MISSING, CHROMIUM, CHROMIUM_ARGS, VIEWPORT
+from tests.test_browser import _MISSING, VIEWPORT, browser  # noqa: F401 (browser: the module's one Chromium)
 
 SHOTS = ROOT / "docs" / "screenshots"
 PHONE = {"width": 390, "height": 844}
@@ -145,15 +145,6 @@ def lora_app(tmp_path_factory, data_dir):
     stop_app(app)
 
 
-@pytest.fixture(scope="module")
-def browser():
-    """One Chromium for the module's page tests (each opens its own context)."""
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
-
-
 def shoot(page, name: str) -> None:
     if os.environ.get("CINESCRIBE_SCREENSHOT") == "1":
         SHOTS.mkdir(parents=True, exist_ok=True)
@@ -177,7 +168,7 @@ def pick(page, label: str) -> None:
 
 
 if not _MISSING:
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
 
 def test_the_api_takes_loras_last_and_old_calls_still_work(lora_app):

@@ -12,10 +12,10 @@ import os
 import pytest
 
 from tests.conftest import ROOT
-from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, VIEWPORT, _MISSING
+from tests.test_browser import VIEWPORT, _MISSING, browser  # noqa: F401 (browser: the module's one Chromium)
 
 if not _MISSING:
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
 pytestmark = [pytest.mark.browser, pytest.mark.skipif(bool(_MISSING), reason=_MISSING or "-")]
 
@@ -27,14 +27,6 @@ GRADIO_ENGLISH = ["Drop File Here", "Click to Upload", "Record", "No microphone 
 LABELS_JS = """() => Array.from(document.querySelectorAll(
     '[data-testid="block-info"], [data-testid="block-label"], button[role="tab"], .label-wrap span'))
     .filter((e) => e.offsetParent !== null).map((e) => e.innerText.trim()).filter((text) => text)"""
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture(scope="module")
